@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make repro` (install + the toy pipeline) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Stage commands run `python ...`: put the virtualenv first on PATH for dvc and its children.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export YOLO_OFFLINE := 1
+
+.PHONY: install repro test bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# yt-dlp looks for `ffmpeg` on PATH: link the binary that the imageio-ffmpeg wheel ships.
+	ln -sf "$$($(PY) -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" $(VENV)/bin/ffmpeg
+	touch $@
+
+repro: install
+	$(VENV)/bin/dvc repro
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/loader.py

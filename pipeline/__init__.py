@@ -1,0 +1,1 @@
+"""Interference Eraser (IEr) pipeline: every piece of logic the DVC stages call."""

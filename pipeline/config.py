@@ -1,0 +1,257 @@
+"""Load params.yaml into typed, validated, frozen objects.
+
+Every knob of the pipeline is a field of one of the dataclasses below, grouped
+as params.yaml groups them. Loading rejects unknown keys, missing keys, wrong
+types and out-of-range values with one line that names the key, e.g.
+
+    params.yaml: clips.frame_size: must be >= 16, got 8
+
+Ranges live in the field metadata (`lo`, `hi`, `choices`) so that the check is
+declared next to the knob it guards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file problem, already phrased as one line naming the key."""
+
+
+def knob(lo: float | None = None, hi: float | None = None, **extra: Any) -> Any:
+    """A required field with an optional inclusive range, checked on load."""
+    return field(metadata={"lo": lo, "hi": hi, **extra})
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    """The procedurally generated stand-in for a dataset (DESIGN section 4)."""
+
+    classes: list[str]  # sounding classes, each with a glyph and a sound
+    solo_videos_per_class: int = knob(lo=3)
+    duet_videos: int = knob(lo=0)  # videos with two sounding objects (music role)
+    seconds_per_video: int = knob(lo=1, hi=600)
+    image_size: int = knob(lo=32, hi=1024)  # rendered frame side in pixels
+    fps: int = knob(lo=1, hi=60)
+    object_scale: list[float] = knob(lo=0.05, hi=1.0)  # [min, max] object side / frame side
+    motion: float = knob(lo=0.0, hi=1.0)  # max drift over a video, share of frame side
+    distractors: list[int] = knob(lo=0, hi=8)  # [min, max] silent objects per video
+    clutter: int = knob(lo=0, hi=100)  # background shapes per frame
+    loudness_ratio_db: float = knob(lo=0.0, hi=40.0)  # max level gap between sources of a duet
+    ambience_db: float = knob(lo=-80.0, hi=0.0)  # background ambience level vs the sources
+    ambience: Literal["room", "street"]  # kind of background ambience
+    distractor_classes: list[str]  # silent glyph classes drawn as distractors
+
+
+@dataclass(frozen=True)
+class YoutubeSource:
+    """Where the real dataset's index lives and which part of it to fetch."""
+
+    index_format: Literal["music_json", "vggsound_csv"]
+    index_url: str  # downloaded once; a local path is also accepted
+    index_sha256: str  # pinned checksum of the index file ("" skips the check)
+    duet_index_url: str  # MUSIC duet list ("" when the dataset has none)
+    duet_index_sha256: str
+    classes: list[str]  # keep only these labels ([] keeps all)
+    max_videos_per_class: int = knob(lo=0)  # 0 = no limit
+
+
+@dataclass(frozen=True)
+class Dataset:
+    source: Literal["toy", "youtube"]
+    test_videos_per_class: int = knob(lo=1)  # solo videos per class held out for evaluation
+    duet_test_videos_per_pair: int = knob(lo=0)  # duet videos per class pair held out (music)
+    toy: ToyWorld = knob()
+    youtube: YoutubeSource = knob()
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass(frozen=True)
+class Download:
+    retries: int = knob(lo=0, hi=20)  # attempts per video after the first one
+    sleep_s: float = knob(lo=0.0)  # pause between two YouTube downloads (rate limit)
+    rate_limit_backoff_s: float = knob(lo=0.0)  # wait after a rate-limit answer, doubled each time
+    max_rate_limit_waits: int = knob(lo=0)  # give up the stage after this many waits in a row
+    format: str = knob()  # yt-dlp format selector
+    section_seconds: int = knob(lo=1)  # VGGSound window length from start_seconds
+    min_ok: int = knob(lo=1)  # fail the stage when fewer videos than this download
+
+
+@dataclass(frozen=True)
+class Clips:
+    clip_seconds: float = knob(lo=0.1)  # length of one non-overlapping clip
+    sample_rate: int = knob(lo=8000, hi=48000)  # mono audio rate
+    frame_size: int = knob(lo=16, hi=1024)  # frames are resized to frame_size x frame_size
+    frames_per_clip: int = knob(lo=1, hi=30)  # frames kept per clip, evenly spaced
+    jpeg_quality: int = knob(lo=10, hi=100)
+    max_clips_per_video: int = knob(lo=0)  # 0 = no limit
+    min_ok_videos: int = knob(lo=1)  # fail the stage when fewer videos than this give clips
+    workers: int = knob(lo=1, hi=64)  # videos cut in parallel
+
+
+@dataclass(frozen=True)
+class Features:
+    n_mels: int = knob(lo=8, hi=256)
+    f_max: float = knob(lo=1000.0)  # top of the mel scale, Hz
+    win_length: int = knob(lo=16)  # samples (DSOL: 160 samples = 10 ms at 16 kHz)
+    hop_length: int = knob(lo=8)  # samples (DSOL: 80)
+    n_fft: int = knob(lo=64)  # large enough that no mel filter is empty
+    top_db: float = knob(lo=10.0, hi=200.0)  # dynamic range kept by the dB conversion
+    shard_rows: int = knob(lo=1)  # rows per Parquet shard
+
+
+@dataclass(frozen=True)
+class MixSet:
+    """One synthesised set: how many samples and how many objects of each kind."""
+
+    count: int = knob(lo=0)
+    sounding: int = knob(lo=1, hi=16)  # visible and audible
+    silent: int = knob(lo=0, hi=16)  # visible, not audible
+    offscreen: int = knob(lo=0, hi=16)  # audible, not visible
+
+
+@dataclass(frozen=True)
+class Synth:
+    syn: MixSet = knob()  # MUSIC-Synthetic / VGG-Synthetic test mosaics
+    un: MixSet = knob()  # Unconstrained test set
+    train: MixSet = knob()  # stage-2 training set, made from train_mix
+    volume_jitter_db: float = knob(lo=0.0, hi=40.0)  # each member's gain is drawn in +-this
+    shard_rows: int = knob(lo=1)
+
+
+@dataclass(frozen=True)
+class Detect:
+    model: str = knob()  # toy: architecture yaml trained from scratch; youtube: weights file
+    image_size: int = knob(lo=32, hi=1280)
+    epochs: int = knob(lo=1)
+    batch: int = knob(lo=1)
+    max_train_images: int = knob(lo=1)
+    confidence: float = knob(lo=0.0, hi=1.0)  # keep predicted boxes above this score
+    class_map: dict[str, str] = knob()  # youtube: detector class -> dataset class
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    datasets: dict[str, Dataset]
+    download: Download
+    clips: Clips
+    features: Features
+    synth: Synth
+    detect: Detect
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _check_range(value: Any, meta: Any, where: str) -> None:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    for item in value if isinstance(value, list) else [value]:
+        if lo is not None and item < lo:
+            raise ConfigError(f"{where}: must be >= {lo}, got {item}")
+        if hi is not None and item > hi:
+            raise ConfigError(f"{where}: must be <= {hi}, got {item}")
+
+
+def _build(hint: Any, value: Any, where: str) -> Any:
+    """Turn plain YAML data into `hint`, or raise ConfigError naming `where`."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(hint)
+        fields = {f.name: f for f in dataclasses.fields(hint)}
+        for key in value:
+            if key not in fields:
+                raise ConfigError(f"{where}.{key}: unknown key" if where else f"{key}: unknown key")
+        built = {}
+        for name, fld in fields.items():
+            sub = f"{where}.{name}" if where else name
+            if name not in value:
+                raise ConfigError(f"{sub}: missing")
+            built[name] = _build(hints[name], value[name], sub)
+            _check_range(built[name], fld.metadata, sub)
+        return hint(**built)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = " | ".join(map(str, typing.get_args(hint)))
+            raise ConfigError(f"{where}: must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: must be a list, got {type(value).__name__}")
+        return [_build(item_hint, item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        key_hint, item_hint = typing.get_args(hint)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: must be a mapping, got {type(value).__name__}")
+        return {str(k): _build(item_hint, v, f"{where}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"{where}: unions are not supported in params")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: must be a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: must be an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported type {hint}")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate the whole params file; errors start with the file name."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    try:
+        params = _build(Params, data, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    for name, dataset in params.datasets.items():
+        _check_dataset(name, dataset, path)
+    return params
+
+
+def _check_dataset(name: str, dataset: Dataset, path: Path) -> None:
+    """Cross-field rules that a single field's range cannot express."""
+    where = f"{path}: datasets.{name}"
+    toy = dataset.toy
+    if len(toy.classes) < 2 or len(set(toy.classes)) != len(toy.classes):
+        raise ConfigError(f"{where}.toy.classes: need at least 2 distinct classes")
+    for key in ("object_scale", "distractors"):
+        pair = getattr(toy, key)
+        if len(pair) != 2 or pair[0] > pair[1]:
+            raise ConfigError(f"{where}.toy.{key}: must be [min, max] with min <= max, got {pair}")
+    if dataset.source == "toy" and dataset.test_videos_per_class > toy.solo_videos_per_class - 2:
+        raise ConfigError(
+            f"{where}.test_videos_per_class: must leave at least 2 training videos per class "
+            f"(toy.solo_videos_per_class is {toy.solo_videos_per_class})"
+        )
