@@ -51,6 +51,8 @@ class ToyWorld:
     ambience_db: float = knob(lo=-80.0, hi=0.0)  # background ambience level vs the sources
     ambience: Literal["room", "street"]  # kind of background ambience
     distractor_classes: list[str]  # silent glyph classes drawn as distractors
+    max_overlap: float = knob(lo=0.0, hi=1.0)  # share of a sounding object others may cover
+    rotation_deg: float = knob(lo=0.0, hi=180.0)  # max tilt of a glyph, either way
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class Download:
     format: str = knob()  # yt-dlp format selector
     section_seconds: int = knob(lo=1)  # VGGSound window length from start_seconds
     min_ok: int = knob(lo=1)  # fail the stage when fewer videos than this download
+    cookies: str = knob()  # youtube: Netscape cookies file of a logged-in session ("" = guest)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class Features:
     n_fft: int = knob(lo=64)  # large enough that no mel filter is empty
     top_db: float = knob(lo=10.0, hi=200.0)  # dynamic range kept by the dB conversion
     shard_rows: int = knob(lo=1)  # rows per Parquet shard
+    row_group_rows: int = knob(lo=1)  # rows per row group: the reader's unit of shuffling and work split
+    store_pixels: bool = knob()  # also store frame 0 decoded, so training reads skip JPEG decoding
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,9 @@ class Synth:
     un: MixSet = knob()  # Unconstrained test set
     train: MixSet = knob()  # stage-2 training set, made from train_mix
     volume_jitter_db: float = knob(lo=0.0, hi=40.0)  # each member's gain is drawn in +-this
+    jpeg_quality: int = knob(lo=10, hi=100)  # of the mosaic images
     shard_rows: int = knob(lo=1)
+    row_group_rows: int = knob(lo=1)  # rows per row group: the reader's unit of shuffling and work split
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,10 @@ class Detect:
     max_train_images: int = knob(lo=1)
     confidence: float = knob(lo=0.0, hi=1.0)  # keep predicted boxes above this score
     class_map: dict[str, str] = knob()  # youtube: detector class -> dataset class
+    mosaic: float = knob(lo=0.0, hi=1.0)  # toy training: probability of mosaic augmentation
+    close_mosaic: int = knob(lo=0)  # toy training: last epochs trained without mosaic
+    optimizer: Literal["SGD", "Adam", "AdamW", "auto"]  # toy training optimiser
+    lr0: float = knob(lo=0.0, hi=1.0)  # toy training: initial learning rate (ignored by optimizer auto)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,430 @@
+"""Log-mel features (torchaudio) and the features stage.
+
+The features stage splits the clips of a dataset by video into `train_single`,
+`train_mix`, `test` and `duet`, adds the log-mel of every clip (and, with
+`features.store_pixels`, its frame 0 decoded, so that training never decodes
+JPEGs), and writes `data/features/<ds>/<split>/shard-NNNNN.parquet` plus
+`summary.json` (docs/data.md, section "features").
+
+The log-mel settings travel with the data (`data/features/<ds>/summary.json`,
+key `logmel`) so that later stages that mix waveforms (synth, stage 1)
+compute the mixture's log-mel exactly as the single clips' one was computed:
+`LogMel(**summary["logmel"])`.
+"""
+from __future__ import annotations
+
+import collections
+import math
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+import torchaudio
+from torchvision.io import ImageReadMode, decode_jpeg
+from tqdm import tqdm
+
+from pipeline.clips import clip_schema
+from pipeline.config import Dataset, Features
+from pipeline.shards import ShardWriter, atomic_dir, write_json
+from pipeline.stage import StageError
+
+SPLITS = ("train_single", "train_mix", "test", "duet")
+UNUSED = "unused"  # duet videos past `duet_test_videos_per_pair` of their class pair
+FEATURES_BATCH = 256  # clips per log-mel call: large enough to amortise torch's per-call cost
+# lz4 for the small columns, dictionary pages for the repetitive strings only; the array columns
+# are stored uncompressed (`parquet_options`).
+COMPRESSION = "lz4"
+DICTIONARY_COLUMNS = ["video_id", "kind", "labels.list.element"]
+
+
+# --------------------------------------------------------------------------- array columns
+# The big numeric columns (`waveform`, `logmel`, `pixels`) hold one fixed-shape array per row,
+# stored as fixed_size_binary: the array's little-endian bytes, row-major, with its dtype and
+# shape in the schema metadata (`<name>_dtype`, `<name>_shape`). Parquet stores a
+# fixed_size_list as a nested list with a repetition level per element, which pyarrow decodes
+# ~20x slower (0.066 ms vs 0.003 ms per 64x201 log-mel row); plain bytes decode at memcpy speed
+# and read back as numpy views with no per-row work.
+
+
+def array_field(name: str, dtype: np.dtype | str, shape: Sequence[int]) -> tuple[pa.Field, dict[str, str]]:
+    """The fixed_size_binary field of an array column and its schema metadata entries."""
+    dtype = np.dtype(dtype).newbyteorder("<")
+    shape = tuple(int(n) for n in shape)
+    width = dtype.itemsize * math.prod(shape)
+    return pa.field(name, pa.binary(width)), {f"{name}_dtype": dtype.str, f"{name}_shape": ",".join(map(str, shape))}
+
+
+def array_column(values: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """Rows of `values` (rows, *shape) as a fixed_size_binary column of their little-endian bytes."""
+    values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+    width = values.dtype.itemsize * math.prod(values.shape[1:])
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(values)])
+
+
+def array_layout(schema: pa.Schema, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """(dtype, shape of one row) of array column `name`, from the schema metadata.
+
+    A missing `<name>_dtype` means bytes (uint8): shards written before the key
+    existed store only `pixels_shape`. Raises ValueError when the metadata is
+    missing or does not match the column's byte width.
+    """
+    kind = schema.field(name).type
+    if not pa.types.is_fixed_size_binary(kind):
+        raise ValueError(f"column {name} must be fixed_size_binary (an array column, docs/data.md), got {kind}")
+    metadata = schema.metadata or {}
+    shape_text = metadata.get(f"{name}_shape".encode(), b"").decode()
+    dtype_text = metadata.get(f"{name}_dtype".encode(), b"|u1").decode()
+    try:
+        shape = tuple(int(n) for n in shape_text.split(","))
+        dtype = np.dtype(dtype_text)
+    except (TypeError, ValueError):
+        raise ValueError(f"schema metadata {name}_shape / {name}_dtype must be like '64,201' / '<f4', "
+                         f"got {shape_text!r} / {dtype_text!r}") from None
+    if kind.byte_width != dtype.itemsize * math.prod(shape):
+        raise ValueError(f"column {name} must be fixed_size_binary[{dtype.itemsize * math.prod(shape)}] "
+                         f"({dtype_text} {shape_text}), got {kind}")
+    return dtype, shape
+
+
+def parquet_options(schema: pa.Schema, compression: str, dictionary: Sequence[str] | None = None) -> dict:
+    """`pyarrow.parquet.write_table` options: `compression` for every column but the array columns,
+    which are stored uncompressed and without dictionary: raw audio, log-mel and pixel bytes gain
+    little or nothing from lz4 (the toy log-mel and waveform grow) and then decode at memcpy speed
+    (0.003 vs 0.005 ms a log-mel row with lz4). Dictionary pages for the `dictionary` columns (leaf
+    paths, e.g. `labels.list.element`), or for every other column when None."""
+    arrays = {field.name for field in schema if pa.types.is_fixed_size_binary(field.type)
+              and f"{field.name}_shape".encode() in (schema.metadata or {})}
+    leaves = {field.name: _leaf_paths(field.name, field.type) for field in schema}
+    codecs = {leaf: "none" if name in arrays else compression for name, paths in leaves.items() for leaf in paths}
+    if dictionary is None:
+        dictionary = [leaf for name, paths in leaves.items() if name not in arrays for leaf in paths]
+    return dict(compression=codecs, use_dictionary=list(dictionary))
+
+
+def _leaf_paths(path: str, kind: pa.DataType) -> list[str]:
+    """The Parquet column paths of an Arrow field (a list's values are `<path>.list.element`)."""
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _leaf_paths(f"{path}.list.element", kind.value_type)
+    if pa.types.is_struct(kind):
+        return [leaf for child in kind for leaf in _leaf_paths(f"{path}.{child.name}", child.type)]
+    return [path]
+
+
+def array_values(column: pa.Array | pa.ChunkedArray, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
+    """The arrays of a fixed_size_binary column as one read-only numpy array (rows, *shape).
+
+    A view of Arrow's memory (no copy) when the column is one chunk; null rows are not allowed.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.null_count:
+        raise ValueError("array column with null rows")
+    if len(column) == 0:
+        return np.empty((0, *shape), dtype=dtype)
+    width = column.type.byte_width
+    data = np.frombuffer(column.buffers()[1], dtype=np.uint8)
+    rows = data[column.offset * width:(column.offset + len(column)) * width]  # a slice starts at its offset
+    values = rows.view(dtype).reshape(len(column), *shape)
+    values.flags.writeable = False  # Arrow arrays are immutable, and may share this memory
+    return values
+
+
+class LogMel(torch.nn.Module):
+    """int16 or float waveforms (batch, samples) -> log-mel in dB (batch, n_mels, n_frames).
+
+    16 kHz, 64 mels up to 8 kHz, DSOL's 160-sample window and 80-sample hop
+    (201 frames per second), zero-padded to n_fft so that no mel filter is empty.
+    A clip's log-mel does not depend on the clips it is batched with.
+    """
+
+    def __init__(self, sample_rate: int, n_mels: int, f_max: float, win_length: int,
+                 hop_length: int, n_fft: int, top_db: float):
+        super().__init__()
+        self.settings = dict(sample_rate=sample_rate, n_mels=n_mels, f_max=f_max, win_length=win_length,
+                             hop_length=hop_length, n_fft=n_fft, top_db=top_db)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
+            f_min=0.0, f_max=f_max, n_mels=n_mels, power=2.0)
+        self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=top_db)
+
+    def forward(self, waveform: torch.Tensor | np.ndarray) -> torch.Tensor:
+        waveform = torch.as_tensor(waveform)
+        if waveform.dtype == torch.int16:
+            waveform = waveform.float() / 32768.0
+        squeeze = waveform.dim() == 1
+        if squeeze:
+            waveform = waveform[None]
+        power = self.mel(waveform.float())
+        # AmplitudeToDB's top_db clamps against the max of each (channel, freq, time) block:
+        # a channel axis of 1 makes that block one clip, so a clip's floor ignores its batch.
+        log_mel = self.to_db(power[:, None])[:, 0]
+        return log_mel[0] if squeeze else log_mel
+
+
+def logmel_shape(settings: Mapping, clip_samples: int) -> tuple[int, int]:
+    """(n_mels, n_frames) of one clip: torch's centred STFT gives 1 + samples // hop frames."""
+    return settings["n_mels"], 1 + clip_samples // settings["hop_length"]
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def assign_splits(videos: Iterable[Mapping], test_videos_per_class: int,
+                  duet_test_videos_per_pair: int) -> dict[str, str]:
+    """{video_id: split} for videos given in index order as mappings with `video_id`, `kind`, `labels`.
+
+    Solo videos, per class (labels[0]) in index order: the first `test_videos_per_class`
+    go to `test`, the rest alternate `train_single`, `train_mix`. Duet videos, per
+    class pair in index order: the first `duet_test_videos_per_pair` go to `duet`,
+    the rest are `unused` (the pipeline trains on solo videos only).
+    """
+    seen_per_group: collections.Counter = collections.Counter()
+    splits: dict[str, str] = {}
+    for video in videos:
+        video_id, kind, labels = video["video_id"], video["kind"], list(video["labels"])
+        if video_id in splits:
+            raise ValueError(f"video {video_id}: listed twice")
+        if kind == "solo":
+            if not labels:
+                raise ValueError(f"video {video_id}: solo video without a label")
+            group = ("solo", labels[0])
+            rank = seen_per_group[group]
+            if rank < test_videos_per_class:
+                splits[video_id] = "test"
+            else:
+                splits[video_id] = ("train_single", "train_mix")[(rank - test_videos_per_class) % 2]
+        elif kind == "duet":
+            group = ("duet", *sorted(labels))
+            rank = seen_per_group[group]
+            splits[video_id] = "duet" if rank < duet_test_videos_per_pair else UNUSED
+        else:
+            raise ValueError(f"video {video_id}: kind must be solo or duet, got {kind!r}")
+        seen_per_group[group] += 1
+    return splits
+
+
+# --------------------------------------------------------------------------- reading clips
+
+
+def _read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
+    if not path.is_file():
+        raise StageError(f"{path}: not found (run the clips stage first)")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as err:
+        raise StageError(f"{path}: not a readable Parquet file ({err})") from None
+
+
+def read_video_index(clips_dir: str | Path) -> tuple[list[dict], int]:
+    """The `ok` videos of `clips_dir` in index order, each {video_id, n_clips, kind, labels};
+    and the count of videos the clips stage skipped."""
+    clips_dir = Path(clips_dir)
+    index_path = clips_dir / "videos.parquet"
+    index = _read_parquet(index_path)
+    missing = {"video_id", "status", "n_clips"} - set(index.column_names)
+    if missing:
+        raise StageError(f"{index_path}: missing columns {', '.join(sorted(missing))}")
+    rows = index.select(["video_id", "status", "n_clips"]).to_pylist()
+    videos = []
+    for row in rows:
+        if row["status"] != "ok" or row["n_clips"] == 0:
+            continue
+        path = clips_dir / "videos" / f"{row['video_id']}.parquet"
+        first = _read_parquet(path, ["kind", "labels"]).slice(0, 1).to_pylist()
+        if not first:
+            raise StageError(f"{path}: no rows, but {index_path} lists {row['n_clips']} clips")
+        videos.append(dict(video_id=row["video_id"], n_clips=row["n_clips"], **first[0]))
+    return videos, len(rows) - len(videos)
+
+
+def clip_timing(clips_dir: str | Path, videos: list[dict]) -> tuple[int, float]:
+    """(samples per clip, clip length in seconds), read from the clips themselves.
+
+    The clip length is start_s / clip_index of a clip past the first one; the
+    sample rate is then samples / length.
+    """
+    clips_dir = Path(clips_dir)
+    for video in videos:
+        if video["n_clips"] < 2:
+            continue
+        path = clips_dir / "videos" / f"{video['video_id']}.parquet"
+        table = _read_parquet(path, ["clip_index", "start_s", "waveform"])
+        clip_samples = table.schema.field("waveform").type.list_size
+        later = np.flatnonzero(table.column("clip_index").to_numpy() > 0)
+        if clip_samples <= 0 or len(later) == 0:
+            continue
+        row = later[0]
+        clip_seconds = table.column("start_s")[row].as_py() / table.column("clip_index")[row].as_py()
+        return clip_samples, clip_seconds
+    raise StageError(f"{clips_dir}: no video has two clips, so the clip length (and the sample rate) is unknown")
+
+
+def sample_rate_of_clips(clips_dir: str | Path) -> int:
+    """The audio sample rate of the clips: samples per clip / clip length."""
+    videos, _ = read_video_index(clips_dir)
+    clip_samples, clip_seconds = clip_timing(clips_dir, videos)
+    return round(clip_samples / clip_seconds)
+
+
+def _read_video_clips(clips_dir: Path, video: dict, schema: pa.Schema) -> pa.Table:
+    """One video's clips, checked against videos.parquet and the clip schema, sorted by clip_index."""
+    path = clips_dir / "videos" / f"{video['video_id']}.parquet"
+    table = _read_parquet(path)
+    try:
+        table = table.select(schema.names).cast(schema)
+    except (KeyError, pa.ArrowException) as err:
+        raise StageError(f"{path}: does not match the clip schema of docs/data.md ({err})") from None
+    if table.num_rows != video["n_clips"]:
+        raise StageError(f"{path}: {table.num_rows} clips, videos.parquet says {video['n_clips']}")
+    if set(table.column("video_id").unique().to_pylist()) != {video["video_id"]}:
+        raise StageError(f"{path}: video_id column is not {video['video_id']!r} throughout")
+    clip_index = table.column("clip_index").to_numpy()
+    if len(np.unique(clip_index)) != len(clip_index):
+        raise StageError(f"{path}: clip_index has duplicates")
+    return table.take(np.argsort(clip_index, kind="stable"))
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def features_schema(clip_samples: int, shape: tuple[int, int], sample_rate: int,
+                    pixels_shape: tuple[int, int, int] | None) -> pa.Schema:
+    """The clip columns (`waveform` as an array column), then `logmel` (n_mels, n_frames) float32 and,
+    when `pixels_shape` is given, `pixels` (frame 0 decoded, (3, H, W) uint8); layouts in the metadata."""
+    waveform, metadata = array_field("waveform", np.int16, (clip_samples,))
+    clips = clip_schema(clip_samples)
+    schema = clips.set(clips.get_field_index("waveform"), waveform)
+    arrays = [("logmel", np.float32, shape)] + ([("pixels", np.uint8, pixels_shape)] if pixels_shape else [])
+    for name, dtype, array_shape in arrays:
+        field, entries = array_field(name, dtype, array_shape)
+        schema = schema.append(field)
+        metadata |= entries
+    return schema.with_metadata(metadata | {"sample_rate": str(sample_rate)})
+
+
+def decode_first_frames(frames: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Frame 0 of every row of a `frames` column, decoded: uint8 (rows, 3, H, W)."""
+    try:
+        first = pc.list_element(frames, 0).to_pylist()
+        images = decode_jpeg([torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in first],
+                             mode=ImageReadMode.RGB)
+    except (pa.ArrowException, RuntimeError) as err:
+        raise ValueError(f"frame 0 of a clip cannot be decoded ({str(err).splitlines()[0]})") from None
+    if len({tuple(image.shape) for image in images}) > 1:
+        raise ValueError(f"frames of different sizes: {sorted({tuple(image.shape) for image in images})}")
+    return np.stack([image.numpy() for image in images])
+
+
+def add_features(table: pa.Table, logmel: LogMel, schema: pa.Schema) -> pa.Table:
+    """`table` (clip rows, clip schema) as `schema`: `waveform` as an array column, then `logmel`
+    (and `pixels` when `schema` has it)."""
+    clip_samples = table.schema.field("waveform").type.list_size
+    waveform = table.column("waveform").combine_chunks().flatten().to_numpy().reshape(-1, clip_samples)
+    with torch.inference_mode():
+        values = logmel(torch.from_numpy(waveform.copy())).numpy()  # copy: Arrow memory is read-only
+    table = table.set_column(table.schema.get_field_index("waveform"), schema.field("waveform"),
+                             array_column(waveform))
+    table = table.append_column(schema.field("logmel"), array_column(values))
+    if "pixels" in schema.names:
+        pixels = decode_first_frames(table.column("frames"))
+        if pixels[0].size != schema.field("pixels").type.byte_width:
+            raise ValueError(f"frames of {pixels.shape[1:]} pixels, expected {schema.metadata[b'pixels_shape'].decode()}")
+        table = table.append_column(schema.field("pixels"), array_column(pixels))
+    return table
+
+
+def _write_split(clips_dir: Path, videos: list[dict], logmel: LogMel, schema: pa.Schema, folder: Path,
+                 params: Features, description: str) -> int:
+    """Write the clips of `videos` (in order) with their features as shards; the shard count."""
+    clip_columns = clip_schema(array_layout(schema, "waveform")[1][0])
+    with ShardWriter(folder, schema, params.shard_rows, params.row_group_rows,
+                     **parquet_options(schema, COMPRESSION, DICTIONARY_COLUMNS)) as writer:
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        for position, video in enumerate(tqdm(videos, desc=description, unit="video")):
+            pending.append(_read_video_clips(clips_dir, video, clip_columns))
+            pending_rows += pending[-1].num_rows
+            if pending_rows >= FEATURES_BATCH or position == len(videos) - 1:
+                try:
+                    writer.write(add_features(pa.concat_tables(pending), logmel, schema))
+                except ValueError as err:
+                    raise StageError(f"{clips_dir / 'videos'}: videos {pending[0].column('video_id')[0]} to "
+                                     f"{video['video_id']}: {err}") from None
+                pending, pending_rows = [], 0
+    return writer.shards_written
+
+
+def run_features(clips_dir: str | Path, out_dir: str | Path, features_params: Features,
+                 dataset_params: Dataset, sample_rate: int) -> dict:
+    """Split the clips of `clips_dir` by video, add log-mels, write `out_dir`; the summary.
+
+    Rows go in index order of their video, then by clip index; the same clips and
+    params give byte-identical shards. `out_dir` appears complete or not at all.
+    """
+    clips_dir, out_dir = Path(clips_dir), Path(out_dir)
+    videos, skipped = read_video_index(clips_dir)
+    if not videos:
+        raise StageError(f"{clips_dir / 'videos.parquet'}: no video with status ok and clips")
+    clip_samples, clip_seconds = clip_timing(clips_dir, videos)
+    try:
+        splits = assign_splits(videos, dataset_params.test_videos_per_class,
+                               dataset_params.duet_test_videos_per_pair)
+    except ValueError as err:
+        raise StageError(f"{clips_dir}: {err}") from None
+
+    settings = dict(sample_rate=sample_rate, n_mels=features_params.n_mels, f_max=features_params.f_max,
+                    win_length=features_params.win_length, hop_length=features_params.hop_length,
+                    n_fft=features_params.n_fft, top_db=features_params.top_db)
+    if settings["f_max"] > sample_rate / 2:
+        raise StageError(f"features.f_max: {settings['f_max']} Hz is above the Nyquist frequency "
+                         f"of the {sample_rate} Hz clips")
+    logmel = LogMel(**settings)
+    shape = logmel_shape(settings, clip_samples)
+    pixels_shape = None
+    if features_params.store_pixels:
+        first_video = _read_parquet(clips_dir / "videos" / f"{videos[0]['video_id']}.parquet", ["frames"])
+        pixels_shape = decode_first_frames(first_video.column("frames").slice(0, 1)).shape[1:]
+    schema = features_schema(clip_samples, shape, sample_rate, pixels_shape)
+
+    members = {split: [video for video in videos if splits[video["video_id"]] == split]
+               for split in (*SPLITS, UNUSED)}
+    for split in ("train_single", "test"):
+        if not members[split]:
+            raise StageError(f"{clips_dir}: no video for split {split} "
+                             f"(test_videos_per_class is {dataset_params.test_videos_per_class})")
+
+    summary_splits = {}
+    with atomic_dir(out_dir) as tmp_dir:
+        for split in SPLITS:
+            shards = 0
+            if members[split]:
+                shards = _write_split(clips_dir, members[split], logmel, schema, tmp_dir / split,
+                                      features_params, f"features {out_dir.name}/{split}")
+            summary_splits[split] = dict(videos=len(members[split]), shards=shards,
+                                         clips=sum(video["n_clips"] for video in members[split]))
+        unused = members[UNUSED]
+        summary = dict(
+            logmel=settings,
+            logmel_shape=list(shape),
+            pixels_shape=list(pixels_shape) if pixels_shape else None,
+            sample_rate=sample_rate,
+            clip_seconds=clip_seconds,
+            classes=sorted({label for video in videos if splits[video["video_id"]] != UNUSED
+                            for label in video["labels"]}),
+            splits=summary_splits,
+            unused=dict(videos=len(unused), clips=sum(v["n_clips"] for v in unused),
+                        why="duet videos past duet_test_videos_per_pair of their class pair"),
+            skipped_videos=skipped,
+            test_videos_per_class=dataset_params.test_videos_per_class,
+            duet_test_videos_per_pair=dataset_params.duet_test_videos_per_pair,
+            row_group_rows=features_params.row_group_rows,
+        )
+        write_json(summary, tmp_dir / "summary.json")
+    counts = ", ".join(f"{split} {s['videos']} videos / {s['clips']} clips" for split, s in summary_splits.items())
+    print(f"features {out_dir.name}: {counts}; unused {len(unused)} duet videos; "
+          f"log-mel {shape[0]}x{shape[1]} at {sample_rate} Hz")
+    return summary

@@ -1,0 +1,16 @@
+"""clips stage: cut every downloaded video into clips of audio and frames (docs/data.md "clips")."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.clips import run_clips
+from pipeline.config import Params
+from pipeline.stage import run_stage
+
+
+def body(params: Params, dataset: str) -> None:
+    run_clips(Path("data/raw") / dataset, Path("data/clips") / dataset, params.clips)
+
+
+if __name__ == "__main__":
+    run_stage("clips", body)

@@ -1,0 +1,25 @@
+"""detect stage: boxes on the evaluation frames (`python -m stages.detect <dataset>`)."""
+from pipeline.config import Params
+from pipeline.detect import run_detect
+from pipeline.stage import run_stage
+
+
+def body(params: Params, dataset: str) -> None:
+    report = run_detect(
+        features_dir=f"data/features/{dataset}",
+        boxes_path=f"data/boxes/{dataset}.parquet",
+        weights_path=f"models/{dataset}/detector.pt",
+        report_path=f"reports/{dataset}/detector.json",
+        params=params.detect,
+        source=params.datasets[dataset].source,
+        seed=params.seed,
+    )
+    map50 = "n/a" if report["map50"] is None else f"{report['map50']:.3f}"
+    print(
+        f"detect@{dataset}: {report['images']} evaluation frames, {report['boxes']} boxes kept, "
+        f"{report['train_images']} training frames, mAP50 {map50}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage("detect", body)
