@@ -10,11 +10,11 @@ export YOLO_OFFLINE := 1
 
 install: $(VENV)/.installed
 
+# yt-dlp looks for `ffmpeg` on PATH: the last step links the binary that the imageio-ffmpeg wheel ships.
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	# yt-dlp looks for `ffmpeg` on PATH: link the binary that the imageio-ffmpeg wheel ships.
 	ln -sf "$$($(PY) -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" $(VENV)/bin/ffmpeg
 	touch $@
 
