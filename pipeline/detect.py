@@ -69,6 +69,8 @@ def load_ultralytics(config_dir: str | Path = ".yolo") -> Any:
     os.environ["YOLO_OFFLINE"] = "1"  # no online check, no analytics events
     os.environ["YOLO_AUTOINSTALL"] = "false"  # never pip-install a missing requirement
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(config_dir).resolve()))
+    # Per-batch progress bars would bury the stage log (dvc repro); the stage prints its own summary.
+    os.environ.setdefault("YOLO_VERBOSE", "False")
     os.environ.pop("ULTRALYTICS_API_KEY", None)  # no streaming to Ultralytics Platform
     import matplotlib
     import ultralytics
@@ -184,6 +186,13 @@ def train_detector(ultralytics: Any, data_yaml: Path, params: Detect, seed: int,
         model = ultralytics.YOLO(params.model)
     except FileNotFoundError as err:
         raise StageError(f"detect.model: {err}") from None
+
+    def print_epoch(trainer: Any) -> None:  # one line per epoch instead of ultralytics' per-batch bars
+        losses = " ".join(f"{name.split('/')[-1]} {value:.3f}" for name, value in trainer.label_loss_items(
+            trainer.tloss, prefix="train").items())
+        print(f"  detector epoch {trainer.epoch + 1}/{trainer.epochs}: {losses}", flush=True)
+
+    model.add_callback("on_train_epoch_end", print_epoch)
     results = model.train(
         data=str(data_yaml),
         epochs=params.epochs,

@@ -1,0 +1,1 @@
+"""Training pieces: losses, the AII curriculum and mixture plans, faiss clustering."""

@@ -1,0 +1,78 @@
+"""Stage-1 losses (paper Eqs. 1 and 2; supplement Eqs. 8 and 10). All are binary cross-entropies.
+
+Every function takes probabilities (the outputs of `CorrespondenceHead` or `prototype_similarity`)
+and returns a scalar float32 mean. The BCE runs in float32 with autocast off: under CUDA autocast
+torch refuses `binary_cross_entropy` on autocast inputs, and torch's BCE clamps its logarithms at
+-100 with a gradient that stays finite at probabilities of exactly 0 or 1 (a hand-written
+-y log p would give NaN gradients there).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _bce(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy, float32, autocast off."""
+    with torch.autocast(device_type=probabilities.device.type, enabled=False):
+        return F.binary_cross_entropy(probabilities.float(), targets.float())
+
+
+def correspondence_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: BCE of the correspondence score, target 1 for an image with its own clip's audio,
+    0 for an image with the audio of another video.
+
+    positive, negative: probabilities of any shapes (the sampler decides how many negatives each
+    positive gets; DSOL uses one). The loss is the mean over all pairs given, positive and negative.
+    """
+    probabilities = torch.cat([positive.reshape(-1), negative.reshape(-1)])
+    targets = torch.cat([torch.ones(positive.numel(), device=positive.device),
+                         torch.zeros(negative.numel(), device=negative.device)])
+    return _bce(probabilities, targets)
+
+
+def _check_labels(labels: torch.Tensor, num_prototypes: int, allow_padding: bool) -> None:
+    low = -1 if allow_padding else 0
+    if labels.numel() and (labels.min() < low or labels.max() >= num_prototypes):
+        raise ValueError(f"pseudo-class labels must lie in [{low}, {num_prototypes - 1}], "
+                         f"got [{int(labels.min())}, {int(labels.max())}]")
+
+
+def single_source_loss(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Supplement Eq. 8: mean over n = 1..K of BCE(sim(P^a_n, f^a), Y^n), Y the one-hot pseudo-class.
+
+    probabilities (B, K) from `prototype_similarity`; labels (B,) pseudo-class ids in [0, K).
+    Averaged over the K prototypes and the batch.
+    """
+    batch, num_prototypes = probabilities.shape
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
+    _check_labels(labels, num_prototypes, allow_padding=False)
+    targets = F.one_hot(labels.long(), num_prototypes)
+    return _bce(probabilities, targets)
+
+
+def multi_hot(member_labels: torch.Tensor, num_prototypes: int) -> torch.Tensor:
+    """Y (B, K) of Eqs. 2 / 10: the sum of the members' one-hot labels, clipped to 1; -1 pads rows."""
+    _check_labels(member_labels, num_prototypes, allow_padding=True)
+    present = (member_labels >= 0).float()  # padding adds 0 (at column 0, harmlessly)
+    targets = torch.zeros(member_labels.shape[0], num_prototypes, device=member_labels.device)
+    targets.scatter_add_(1, member_labels.long().clamp(min=0), present)
+    return targets.clamp(max=1.0)
+
+
+def mixture_loss(probabilities: torch.Tensor, member_labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 / supplement Eq. 10: mean over n of BCE(sim(P^a_n, F^a_n), Y^n) on mixtures,
+    Y the multi-hot label of the mixture members (sum of their one-hots, clipped to 1).
+
+    probabilities (B, K) from `prototype_similarity` on the expanded features F^a; member_labels
+    (B, M) pseudo-class ids of each mixture's members, -1 where a mixture has fewer than M members.
+    A row with one member and padding is a single-source sample (this is then Eq. 8), so a batch
+    that holds both single clips and mixtures takes one call.
+    """
+    batch, num_prototypes = probabilities.shape
+    if member_labels.dim() != 2 or member_labels.shape[0] != batch:
+        raise ValueError(f"member_labels must have shape ({batch}, M), got {tuple(member_labels.shape)}")
+    if (member_labels.max(dim=1).values < 0).any():
+        raise ValueError("every mixture needs at least one member label (a row is all -1)")
+    return _bce(probabilities, multi_hot(member_labels, num_prototypes))

@@ -1,0 +1,79 @@
+"""Stage-1 losses against values worked by hand (paper Eq. 1, Eq. 2 / supplement Eq. 10, Eq. 8)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.train.losses import correspondence_loss, mixture_loss, multi_hot, single_source_loss
+
+LN = math.log
+
+
+def test_correspondence_loss_eq1():
+    # Positive 0.8 vs target 1: -ln 0.8; negative 0.3 vs target 0: -ln(1 - 0.3) = -ln 0.7; mean of both.
+    loss = correspondence_loss(torch.tensor([0.8]), torch.tensor([0.3]))
+    assert math.isclose(loss.item(), (-LN(0.8) - LN(0.7)) / 2, rel_tol=1e-6)  # 0.28991
+    # Two negatives per positive: the mean runs over all three pairs.
+    loss = correspondence_loss(torch.tensor([0.9]), torch.tensor([[0.2, 0.4]]))
+    assert math.isclose(loss.item(), (-LN(0.9) - LN(0.8) - LN(0.6)) / 3, rel_tol=1e-6)
+
+
+def test_single_source_loss_eq8_is_the_mean_over_prototypes():
+    # K = 3, label 0: targets (1, 0, 0): -ln 0.8, -ln(1 - 0.1), -ln(1 - 0.4), averaged over n.
+    probabilities = torch.tensor([[0.8, 0.1, 0.4]])
+    loss = single_source_loss(probabilities, torch.tensor([0]))
+    assert math.isclose(loss.item(), (-LN(0.8) - LN(0.9) - LN(0.6)) / 3, rel_tol=1e-6)  # 0.27978
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\]"):
+        single_source_loss(probabilities, torch.tensor([3]))
+
+
+def test_mixture_loss_eq10_uses_multi_hot_targets():
+    probabilities = torch.tensor([[0.8, 0.1, 0.4],
+                                  [0.5, 0.9, 0.2]])
+    member_labels = torch.tensor([[0, 2],    # targets (1, 0, 1)
+                                  [1, -1]])  # one member, padded: targets (0, 1, 0)
+    expected = (-LN(0.8) - LN(0.9) - LN(0.4)    # row 1: 0.22314 + 0.10536 + 0.91629
+                - LN(0.5) - LN(0.9) - LN(0.8)) / 6  # row 2: 0.69315 + 0.10536 + 0.22314
+    assert math.isclose(mixture_loss(probabilities, member_labels).item(), expected, rel_tol=1e-6)
+
+
+def test_multi_hot_sums_one_hots_and_clips_at_one():
+    targets = multi_hot(torch.tensor([[2, 2, -1], [0, 1, 3], [-1, -1, 0]]), num_prototypes=4)
+    assert targets.tolist() == [[0, 0, 1, 0], [1, 1, 0, 1], [1, 0, 0, 0]]
+
+
+def test_mixture_loss_of_single_members_equals_single_source_loss():
+    probabilities = torch.tensor([[0.7, 0.2], [0.3, 0.6]])
+    labels = torch.tensor([0, 1])
+    padded = torch.tensor([[0, -1], [-1, 1]])
+    assert torch.allclose(mixture_loss(probabilities, padded), single_source_loss(probabilities, labels))
+
+
+def test_mixture_loss_rejects_bad_labels():
+    probabilities = torch.full((2, 3), 0.5)
+    with pytest.raises(ValueError, match="at least one member"):
+        mixture_loss(probabilities, torch.tensor([[0, 1], [-1, -1]]))
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 2\]"):
+        mixture_loss(probabilities, torch.tensor([[0, 3], [1, -1]]))
+    with pytest.raises(ValueError, match="member_labels must have shape"):
+        mixture_loss(probabilities, torch.tensor([0, 1]))
+
+
+def test_saturated_probabilities_give_finite_loss_and_gradient():
+    # torch clamps the log at -100: a sure-wrong answer costs 100, not inf, and the gradient stays finite.
+    probabilities = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    loss = single_source_loss(probabilities, torch.tensor([0]))
+    loss.backward()
+    assert math.isclose(loss.item(), (100 + 100) / 2)
+    assert torch.isfinite(probabilities.grad).all()
+
+
+def test_losses_accept_bf16_inputs_under_autocast():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        positive = torch.tensor([0.75], dtype=torch.bfloat16)
+        negative = torch.tensor([0.25], dtype=torch.bfloat16)
+        loss = correspondence_loss(positive, negative)
+    assert loss.dtype == torch.float32
+    assert math.isclose(loss.item(), -LN(0.75), rel_tol=1e-6)  # 0.75 and 0.25 are exact in bf16
