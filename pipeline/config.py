@@ -154,6 +154,53 @@ class Detect:
 
 
 @dataclass(frozen=True)
+class Model:
+    """The IEr networks (pipeline/models): shared by stage 1 and stage 2."""
+
+    width: int = knob(lo=1, hi=128)  # ResNet-18 base width (paper 64; toy 16 so CPU training fits)
+    dim: int = knob(lo=8)  # embedding size of f^v, f^a, prototypes (paper 128)
+    hidden: int = knob(lo=8)  # hidden size of the projection heads (paper 128)
+    image_size: int = knob(lo=32, hi=1024)  # visual input side; stored frames are resized when it differs
+    visual_pretrained: str = knob()  # local state dict for the visual trunk ("" = from scratch)
+    audio_pretrained: str = knob()  # local state dict for the audio trunk ("" = from scratch)
+    audio_mid_stages: list[int] = knob(lo=1, hi=4)  # ResNet stages whose pooled maps feed the AII
+    head_init_scale: float = knob(lo=0.0)  # correspondence head: initial scale on the cosine map
+    head_init_bias: float = knob()  # correspondence head: initial bias
+    similarity_temperature: float = knob(lo=1e-4)  # prototype similarity: sigmoid((cos - center) / temperature)
+    similarity_center: float = knob(lo=-1.0, hi=1.0)  # the cosine that reads as probability 0.5
+    channels_last: bool = knob()  # channels_last memory format on CUDA (ignored on CPU)
+
+
+@dataclass(frozen=True)
+class Stage1:
+    batch_size: int = knob(lo=2)  # clips per step (a batch needs 2 videos for negatives)
+    lr: float = knob(lo=0.0, hi=1.0)  # AdamW learning rate
+    weight_decay: float = knob(lo=0.0, hi=1.0)  # AdamW weight decay
+    av_epochs: int = knob(lo=1)  # epochs of the correspondence phase (Eq. 1) before clustering
+    clusters: int = knob(lo=2)  # K of the visual k-means (more than the true classes)
+    kmeans_niter: int = knob(lo=1)  # k-means iterations
+    kmeans_init: Literal["k-means++", "random"]  # k-means seeding
+    object_ratio: float = knob(lo=0.0, hi=1.0)  # object pooling: positions this far from min to max of the map
+    negatives: Literal["roll", "all"]  # Eq. 1 negatives: the next clip's audio, or every other video's in the batch
+    flip: bool = knob()  # random horizontal flips of the training images
+    crop_scale: float = knob(lo=0.1, hi=1.0)  # random square crops of at least this share of the side (1: none)
+    eval_mixtures: int = knob(lo=1)  # test mixtures of 2..4 clips for the multi-label metrics
+    device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
+
+
+@dataclass(frozen=True)
+class Aii:
+    enabled: bool = knob()  # the distinguishing steps of the Audio-Instance-Identifier (false: the ablation)
+    epochs: int = knob(lo=0)  # epochs of the AII phase (single clips + mixtures) after clustering
+    curriculum: bool = knob()  # mixture share and members rise over the phase (false: end values throughout)
+    p_start: float = knob(lo=0.0, hi=1.0)  # share of mixtures in a batch at the start
+    p_end: float = knob(lo=0.0, hi=1.0)  # share of mixtures in a batch at the end
+    min_mix: int = knob(lo=2, hi=16)  # clips per mixture at the start
+    max_mix: int = knob(lo=2, hi=16)  # clips per mixture at the end
+    av_loss_weight: float = knob(lo=0.0)  # weight of Eq. 1 on the single clips during the AII phase
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     datasets: dict[str, Dataset]
@@ -162,6 +209,9 @@ class Params:
     features: Features
     synth: Synth
     detect: Detect
+    model: Model
+    stage1: Stage1
+    aii: Aii
 
 
 # --------------------------------------------------------------------------- loading
@@ -248,6 +298,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: {err}") from None
     for name, dataset in params.datasets.items():
         _check_dataset(name, dataset, path)
+    if params.aii.min_mix > params.aii.max_mix:
+        raise ConfigError(f"{path}: aii.min_mix: must be <= aii.max_mix ({params.aii.max_mix}), "
+                          f"got {params.aii.min_mix}")
     return params
 
 

@@ -1,0 +1,211 @@
+"""Stage 1: the stage end to end on tiny shards, determinism, resuming after a kill, mixture inputs and labels."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+
+from pipeline.features import LogMel, array_column, array_field
+from pipeline.shards import ShardWriter
+from pipeline.train.losses import multi_hot
+from pipeline.train.stage1 import aii_labels, mixture_logmels
+
+LOGMEL_SETTINGS = dict(sample_rate=16000, n_mels=64, f_max=8000.0, win_length=160, hop_length=80,
+                       n_fft=1024, top_db=80.0)
+SAMPLES = 4000  # 0.25-s clips: 51 log-mel frames
+SIDE = 32
+CLASSES = ["class0", "class1", "class2", "class3"]
+COLOURS = [(230, 40, 40), (40, 200, 40), (40, 40, 230), (230, 230, 40)]
+FREQUENCIES = [300.0, 700.0, 1500.0, 3100.0]
+
+
+def make_split(folder: Path, videos_per_class: int, clips_per_video: int, seed: int) -> None:
+    """A features split (docs/data.md array columns): each class a coloured square at a random place
+    on a noisy frame and a tone of its own frequency."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, (colour, frequency) in enumerate(zip(COLOURS, FREQUENCIES)):
+        for video in range(videos_per_class):
+            for clip in range(clips_per_video):
+                pixels = rng.integers(0, 80, size=(3, SIDE, SIDE), dtype=np.uint8)
+                x, y = rng.integers(0, SIDE - 12, size=2)
+                pixels[:, y:y + 12, x:x + 12] = np.array(colour, dtype=np.uint8)[:, None, None]
+                time_s = np.arange(SAMPLES) / 16000
+                wave = np.sin(2 * np.pi * frequency * time_s) * rng.uniform(3000, 9000) + rng.normal(0, 300, SAMPLES)
+                rows.append({"video_id": f"{CLASSES[label]}-v{video}", "labels": [CLASSES[label]],
+                             "waveform": np.rint(wave).astype(np.int16), "pixels": pixels})
+    waveforms = np.stack([row["waveform"] for row in rows])
+    logmels = LogMel(**LOGMEL_SETTINGS)(waveforms).numpy()
+    fields, metadata = {}, {}
+    for name, values in (("waveform", waveforms), ("logmel", logmels), ("pixels", None)):
+        shape = (3, SIDE, SIDE) if values is None else values.shape[1:]
+        dtype = np.uint8 if values is None else values.dtype
+        fields[name], entries = array_field(name, dtype, shape)
+        metadata |= entries
+    schema = pa.schema([("video_id", pa.string()), ("labels", pa.list_(pa.string())), fields["waveform"],
+                        fields["logmel"], fields["pixels"]]).with_metadata(metadata)
+    table = pa.Table.from_pydict({
+        "video_id": [row["video_id"] for row in rows], "labels": [row["labels"] for row in rows],
+        "waveform": array_column(waveforms), "logmel": array_column(logmels),
+        "pixels": array_column(np.stack([row["pixels"] for row in rows])),
+    }, schema=schema)
+    with ShardWriter(folder, schema, rows_per_shard=64, row_group_rows=16) as writer:
+        writer.write(table)
+
+
+def tiny_params(repo_params: dict, av_epochs: int, aii_epochs: int) -> dict:
+    params = copy.deepcopy(repo_params)
+    params["model"].update(width=4, dim=16, hidden=16, image_size=SIDE)
+    params["stage1"].update(batch_size=8, av_epochs=av_epochs, clusters=5, kmeans_niter=5, eval_mixtures=12,
+                            device="cpu")
+    params["aii"].update(epochs=aii_epochs)
+    return params
+
+
+def make_workdir(path: Path, params: dict) -> Path:
+    features = path / "data" / "features" / "tiny"
+    make_split(features / "train_single", videos_per_class=3, clips_per_video=3, seed=1)
+    make_split(features / "test", videos_per_class=2, clips_per_video=2, seed=2)
+    (features / "summary.json").write_text(json.dumps({"logmel": LOGMEL_SETTINGS}))
+    params["datasets"]["tiny"] = params["datasets"]["music"]
+    (path / "test-params.yaml").write_text(yaml.safe_dump(params))
+    return path
+
+
+def stage_command() -> list[str]:
+    return [sys.executable, "-m", "stages.stage1", "tiny", "--params", "test-params.yaml"]
+
+
+def run_stage1(workdir: Path, env: dict) -> subprocess.CompletedProcess:
+    run = subprocess.run(stage_command(), cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def module_env():
+    """conftest's stage_env, module-scoped: the runs are shared by several tests."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def repo_params_module() -> dict:
+    """conftest's repo_params, module-scoped."""
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, repo_params_module, module_env) -> Path:
+    """An uninterrupted run of 2 correspondence + 3 AII epochs."""
+    workdir = make_workdir(tmp_path_factory.mktemp("stage1-a"), tiny_params(repo_params_module, 2, 3))
+    run_stage1(workdir, module_env)
+    return workdir
+
+
+@pytest.mark.slow
+def test_stage_writes_a_loadable_model_and_a_report(finished):
+    report = json.loads((finished / "reports" / "tiny" / "stage1.json").read_text())
+    for key in ("nmi", "map", "precision", "recall"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert report["train_clips"] == 36 and report["test_clips"] == 16 and report["test_mixtures"] == 12
+    saved = torch.load(finished / "models" / "tiny" / "stage1.pt", weights_only=True)
+    assert saved["config"]["clusters"] == 5 and saved["config"]["width"] == 4
+    assert saved["visual_prototypes"].shape == (5, 16) and saved["audio_prototypes"].shape == (5, 16)
+    assert saved["train_assignment"].shape == (36,)
+    assert set(saved["cluster_to_class"]) <= set(CLASSES) | {""}
+    assert any(key.startswith("aii.steps") for key in saved["state_dict"])
+    # one dvclive step per epoch, for both losses of the AII phase
+    av_rows = (finished / "reports" / "tiny" / "stage1-live" / "plots" / "metrics" / "av_loss.tsv").read_text()
+    assert len(av_rows.strip().splitlines()) == 1 + 5
+    aii_rows = (finished / "reports" / "tiny" / "stage1-live" / "plots" / "metrics" / "aii_loss.tsv").read_text()
+    assert len(aii_rows.strip().splitlines()) == 1 + 3
+
+
+@pytest.mark.slow
+def test_two_runs_give_the_same_report(finished, tmp_path, repo_params_module, module_env):
+    workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 3))
+    run_stage1(workdir, module_env)
+    assert (workdir / "reports" / "tiny" / "stage1.json").read_text() == \
+        (finished / "reports" / "tiny" / "stage1.json").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_checkpoint(finished, tmp_path, repo_params_module, module_env):
+    workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 3))
+    checkpoints = workdir / "models" / "tiny" / "stage1-checkpoints"
+    process = subprocess.Popen(stage_command(), cwd=workdir, env=module_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("epoch-*.pt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (workdir / "reports" / "tiny" / "stage1.json").exists(), "the run ended before it was killed"
+    killed_at = int(sorted(checkpoints.glob("epoch-*.pt"))[-1].stem.split("-")[1])
+    assert 1 <= killed_at < 5
+
+    rerun = run_stage1(workdir, module_env)
+    assert f"stage1: resuming from the checkpoint of epoch {killed_at}" in rerun.stdout
+    assert f"epoch {killed_at}/5" not in rerun.stdout and "epoch 5/5" in rerun.stdout
+    assert (workdir / "reports" / "tiny" / "stage1.json").read_text() == \
+        (finished / "reports" / "tiny" / "stage1.json").read_text()
+    resumed = torch.load(workdir / "models" / "tiny" / "stage1.pt", weights_only=True)
+    uninterrupted = torch.load(finished / "models" / "tiny" / "stage1.pt", weights_only=True)
+    for name, tensor in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], tensor), name
+    # the resumed run's dvclive log replays the first epochs: one row per epoch, as uninterrupted
+    live = Path("reports") / "tiny" / "stage1-live" / "plots" / "metrics" / "av_loss.tsv"
+    assert len((workdir / live).read_text().strip().splitlines()) == 1 + 5
+
+
+def test_checkpoints_of_other_params_are_not_resumed(finished, tmp_path, repo_params_module, module_env):
+    workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 1, 0))
+    shutil.copytree(finished / "models", workdir / "models")  # a finished checkpoint of other params
+    run = run_stage1(workdir, module_env)
+    assert "come from other params, data or code: starting over" in run.stdout
+    assert "resuming" not in run.stdout
+    assert json.loads((workdir / "reports" / "tiny" / "stage1.json").read_text())["epochs"] == {"av": 1, "aii": 0}
+
+
+def test_missing_features_is_one_line_naming_the_file(tmp_path, repo_params_module, module_env):
+    params = tiny_params(repo_params_module, 1, 0)
+    params["datasets"]["tiny"] = params["datasets"]["music"]
+    (tmp_path / "test-params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run(stage_command(), cwd=tmp_path, env=module_env, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        "stage1@tiny: error: data/features/tiny/summary.json: not found (run the features stage first)")
+
+
+def test_mixture_logmel_is_the_logmel_of_the_averaged_waveforms():
+    rng = np.random.default_rng(0)
+    waveforms = torch.from_numpy(rng.integers(-8000, 8000, size=(5, SAMPLES), dtype=np.int16))
+    logmel = LogMel(**LOGMEL_SETTINGS)
+    plan = np.array([[0, 3], [4, 1]])
+    mixed = mixture_logmels(waveforms, plan, logmel)
+    expected = logmel((waveforms[0].double() + waveforms[3].double()).float() / 2 / 32768.0)
+    assert mixed.shape == (2, 64, SAMPLES // 80 + 1)
+    torch.testing.assert_close(mixed[0], expected, atol=1e-3, rtol=1e-4)
+    assert not torch.allclose(mixed[0], logmel(waveforms[0]), atol=1.0)
+
+
+def test_aii_labels_are_the_pseudo_classes_of_the_members():
+    assignment = torch.tensor([3, 0, 2, 2, 1, 0])
+    labels = aii_labels(assignment, torch.tensor([4, 2]), np.array([[0, 1, 4], [5, 2, 0]]))
+    assert labels.tolist() == [[1, -1, -1], [2, -1, -1], [3, 0, 1], [0, 2, 3]]
+    # the BCE targets: one-hot for single clips, the members' classes for mixtures
+    assert multi_hot(labels, 4).tolist() == [[0, 1, 0, 0], [0, 0, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1]]
