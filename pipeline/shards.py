@@ -96,7 +96,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 def write_table(table: pa.Table, path: str | Path, row_group_rows: int | None = None,
                 **parquet_options) -> None:
-    """Write one Parquet file atomically (no statistics: they make files differ by writer).
+    """Write one Parquet file atomically; the same table and options give the same bytes.
 
     `row_group_rows` sets the rows per row group (None: one group per file); row groups
     are the unit that readers fetch alone (pipeline/reader.py). `parquet_options` go to

@@ -26,18 +26,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture
-def repo_params() -> dict:
+def load_repo_params() -> dict:
     """The real params.yaml as plain data, for tests to shrink and write elsewhere."""
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-@pytest.fixture
-def stage_env() -> dict:
+def stage_environment() -> dict:
     """Environment for running `python -m stages.<name>` from a temp folder laid out like the repo."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+@pytest.fixture
+def repo_params() -> dict:
+    return load_repo_params()
+
+
+@pytest.fixture
+def stage_env() -> dict:
+    return stage_environment()
 
 
 def replace(obj, **changes):

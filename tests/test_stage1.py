@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pipeline.features import LogMel, array_column, array_field
 from pipeline.shards import ShardWriter
 from pipeline.train.losses import multi_hot
 from pipeline.train.stage1 import aii_labels, mixture_logmels
+from tests.conftest import load_repo_params, stage_environment
 
 LOGMEL_SETTINGS = dict(sample_rate=16000, n_mels=64, f_max=8000.0, win_length=160, hop_length=80,
                        n_fft=1024, top_db=80.0)
@@ -97,15 +97,13 @@ def run_stage1(workdir: Path, env: dict) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def module_env():
     """conftest's stage_env, module-scoped: the runs are shared by several tests."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return stage_environment()
 
 
 @pytest.fixture(scope="module")
 def repo_params_module() -> dict:
     """conftest's repo_params, module-scoped."""
-    return yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    return load_repo_params()
 
 
 @pytest.fixture(scope="module")
