@@ -26,3 +26,4 @@ test: install
 
 bench: install
 	$(PY) bench/loader.py
+	$(PY) bench/train_step.py

@@ -53,6 +53,7 @@ class ToyWorld:
     distractor_classes: list[str]  # silent glyph classes drawn as distractors
     max_overlap: float = knob(lo=0.0, hi=1.0)  # share of a sounding object others may cover
     rotation_deg: float = knob(lo=0.0, hi=180.0)  # max tilt of a glyph, either way
+    new_background_each_second: bool = knob()  # a fresh backdrop every second (a camera cut), not one per video
 
 
 @dataclass(frozen=True)

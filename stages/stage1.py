@@ -18,6 +18,8 @@ def body(params: Params, dataset: str) -> None:
                         checkpoints=Path("models") / dataset / "stage1-checkpoints",
                         live=Path("reports") / dataset / "stage1-live")
     report = run_stage1(Path("data/features") / dataset, paths, params.model, params.stage1, params.aii, params.seed)
+    if not report:  # a torchrun process other than rank 0
+        return
     print(f"stage1@{dataset}: {report['train_clips']} training clips, {report['clusters']} clusters "
           f"({report['empty_clusters']} empty), {report['test_clips']} test clips, {report['test_mixtures']} "
           f"test mixtures: nmi {report['nmi']:.3f}, map {report['map']:.3f}, precision {report['precision']:.3f}, "

@@ -74,9 +74,9 @@ def tiny_params(repo_params: dict, av_epochs: int, aii_epochs: int) -> dict:
     return params
 
 
-def make_workdir(path: Path, params: dict) -> Path:
+def make_workdir(path: Path, params: dict, train_videos_per_class: int = 3, train_clips_per_video: int = 3) -> Path:
     features = path / "data" / "features" / "tiny"
-    make_split(features / "train_single", videos_per_class=3, clips_per_video=3, seed=1)
+    make_split(features / "train_single", train_videos_per_class, train_clips_per_video, seed=1)
     make_split(features / "test", videos_per_class=2, clips_per_video=2, seed=2)
     (features / "summary.json").write_text(json.dumps({"logmel": LOGMEL_SETTINGS}))
     params["datasets"]["tiny"] = params["datasets"]["music"]
@@ -168,6 +168,24 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(finished, tmp_path, repo_
     # the resumed run's dvclive log replays the first epochs: one row per epoch, as uninterrupted
     live = Path("reports") / "tiny" / "stage1-live" / "plots" / "metrics" / "av_loss.tsv"
     assert len((workdir / live).read_text().strip().splitlines()) == 1 + 5
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_gloo_processes_trains_to_the_end(tmp_path, repo_params_module, module_env):
+    # 64 training clips in 4 row groups of 16: each of the 2 processes gets 2 groups, 4 batches of 8
+    workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 2), train_videos_per_class=4,
+                           train_clips_per_video=4)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "stages.stage1", "tiny", "--params", "test-params.yaml"]
+    run = subprocess.run(command, cwd=workdir, env=module_env | {"OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((workdir / "reports" / "tiny" / "stage1.json").read_text())
+    assert report["processes"] == 2 and report["train_clips"] == 64 and report["epochs"] == {"av": 2, "aii": 2}
+    assert run.stdout.count("stage1@tiny: 64 training clips") == 1  # rank 0 reports, rank 1 does not
+    assert "epoch 4/4 (aii)" in run.stdout
+    saved = torch.load(workdir / "models" / "tiny" / "stage1.pt", weights_only=True)
+    assert saved["train_assignment"].shape == (64,)
 
 
 def test_checkpoints_of_other_params_are_not_resumed(finished, tmp_path, repo_params_module, module_env):

@@ -171,13 +171,32 @@ def test_objects_move_and_stay_mostly_visible(world):
                     assert toy.covered_share(obj, other) <= tiny.max_overlap + 1e-9
 
 
+def test_new_background_each_second_cuts_only_the_backdrop():
+    cut = tiny_world(new_background_each_second=True, distractors=[0, 0])
+    still = tiny_world(new_background_each_second=False, distractors=[0, 0])
+    video = toy.plan_videos(cut, SEED, "music")[0]
+    cut_scene, still_scene = toy.video_scene(video, cut, SEED, "music"), toy.video_scene(video, still, SEED, "music")
+    assert len(cut_scene.backgrounds) == video.seconds and len(still_scene.backgrounds) == 1
+    # the same objects on the same paths, and the first second as without cuts
+    assert np.array_equal(cut_scene.backgrounds[0], still_scene.backgrounds[0])
+    for cut_object, still_object in zip(cut_scene.objects, still_scene.objects, strict=True):
+        assert np.array_equal(cut_object.left, still_object.left) and np.array_equal(cut_object.top, still_object.top)
+    cut_frames, still_frames = list(toy.scene_frames(cut_scene)), list(toy.scene_frames(still_scene))
+    fps = cut.fps
+    assert np.array_equal(cut_frames[0], still_frames[0]) and np.array_equal(cut_frames[fps - 1], still_frames[fps - 1])
+    # a new backdrop at each second: far apart across the cut, close within a second (only the glyph moves)
+    assert np.abs(cut_frames[fps].astype(int) - cut_frames[fps - 1]).mean() > 10
+    assert np.abs(cut_frames[fps + 1].astype(int) - cut_frames[fps]).mean() < 5
+    assert np.abs(still_frames[fps].astype(int) - still_frames[fps - 1]).mean() < 5
+
+
 def test_a_different_role_gives_different_videos():
     tiny = tiny_world()
     music, wild = toy.plan_videos(tiny, SEED, "music"), toy.plan_videos(tiny, SEED, "vggsound")
     assert music[0].video_id == "toy-music-violin-000" and wild[0].video_id == "toy-vggsound-violin-000"
     music_scene = toy.video_scene(music[0], tiny, SEED, "music")
     wild_scene = toy.video_scene(wild[0], tiny, SEED, "vggsound")
-    assert not np.array_equal(music_scene.background, wild_scene.background)
+    assert not np.array_equal(music_scene.backgrounds[0], wild_scene.backgrounds[0])
     music_audio = toy.video_soundtrack(music[0], tiny, SEED, "music").mixture
     wild_audio = toy.video_soundtrack(wild[0], tiny, SEED, "vggsound").mixture
     assert not np.allclose(music_audio, wild_audio)

@@ -143,7 +143,8 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Scene:
-    background: np.ndarray  # uint8 (size, size, 3)
+    backgrounds: list[np.ndarray]  # uint8 (size, size, 3): one per second, or one for the whole video
+    frames_per_background: int  # frames shown over each background
     objects: list[SceneObject]  # sounding objects first, then distractors
     draw_order: list[int]  # indices into objects, back to front
     frames: int
@@ -215,15 +216,21 @@ def layout_scene(video: ToyVideo, toy: ToyWorld, rng: np.random.Generator) -> Sc
             if cover <= toy.max_overlap:
                 break
         objects.append(best)
-    return Scene(background, objects, [int(i) for i in rng.permutation(len(objects))], frames)
+    draw_order = [int(i) for i in rng.permutation(len(objects))]
+    backgrounds, frames_per_background = [background], frames
+    if toy.new_background_each_second:
+        # Drawn after everything else, so a world without cuts renders exactly as before the option existed.
+        backgrounds += [toy_glyphs.background(rng, size, toy.clutter) for _ in range(video.seconds - 1)]
+        frames_per_background = toy.fps
+    return Scene(backgrounds, frames_per_background, objects, draw_order, frames)
 
 
 def scene_frames(scene: Scene) -> Iterator[np.ndarray]:
     """The frames, uint8 (size, size, 3), one at a time: glyphs alpha-blended over the background."""
-    background = scene.background.astype(np.float32)
+    backgrounds = [background.astype(np.float32) for background in scene.backgrounds]
     sprites = [(obj.pixels[..., :3].astype(np.float32), obj.pixels[..., 3:].astype(np.float32) / 255) for obj in scene.objects]
     for frame in range(scene.frames):
-        canvas = background.copy()
+        canvas = backgrounds[min(frame // scene.frames_per_background, len(backgrounds) - 1)].copy()
         for index in scene.draw_order:
             obj, (color, alpha) = scene.objects[index], sprites[index]
             x, y = obj.left[frame], obj.top[frame]

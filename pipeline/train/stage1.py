@@ -17,30 +17,36 @@ Three phases, one epoch counter:
    single clips (`aii.av_loss_weight`) so that f^v stays aligned with the moving f^a.
 
 Randomness: the model is initialised from torch.manual_seed(seed); the reader's order from
-(seed, epoch); flips and mixture plans from numpy generators seeded with (seed, epoch). Nothing
-random is carried from one epoch to the next, so a checkpoint needs no generator state: model,
-optimizer, prototypes, pseudo-classes and the loss history are enough for a resumed run to end
-exactly where an uninterrupted one does.
+(seed, epoch); flips, crops and mixture plans from numpy generators seeded with (seed, epoch,
+rank). Nothing random is carried from one epoch to the next, so a checkpoint needs no generator
+state: model, optimizer, prototypes, pseudo-classes and the loss history are enough for a resumed
+run to end exactly where an uninterrupted one does.
+
+Processes: started by `torchrun --nproc_per_node=N`, each process trains on its share of the
+batches under DDP; rank 0 clusters, computes P^a and broadcasts them, and writes every output.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline.config import Aii, Model, Stage1
 from pipeline.features import LogMel
-from pipeline.models.ier import (AudioEncoder, AudioInstanceIdentifier, CorrespondenceHead, VisualEncoder,
-                                 localization_map, localization_map_pairs, pool_object_features, prototype_similarity)
+from pipeline.models.ier import (AudioEncoder, AudioFeatures, AudioInstanceIdentifier, CorrespondenceHead,
+                                 VisualEncoder, localization_map, localization_map_pairs, pool_object_features, prototype_similarity)
 from pipeline.reader import ShardReader, make_loader
 from pipeline.shards import atomic_path, write_json
 from pipeline.stage import StageError
@@ -75,6 +81,18 @@ class Stage1Model(nn.Module):
                                   model.audio_pretrained or None)
         self.head = CorrespondenceHead(model.head_init_scale, model.head_init_bias)
         self.aii = AudioInstanceIdentifier(clusters, self.audio.mid_dims, model.dim, enabled=aii_enabled)
+
+    def forward(self, images: torch.Tensor, log_mels: torch.Tensor,
+                aii_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, AudioFeatures, torch.Tensor | None]:
+        """One training pass: f^v of the images, f^a (and mid-level features) of the log-mels and, when
+        `aii_rows` is given, the expanded features F^a of those rows. Training goes through here so that
+        DDP sees every network the step uses (the head, two floats, works on the outputs)."""
+        visual = self.visual(images).embedding
+        audio = self.audio(log_mels)
+        expanded = None
+        if aii_rows is not None:
+            expanded = self.aii(audio.embedding[aii_rows], [level[aii_rows] for level in audio.mid_level])
+        return visual, audio, expanded
 
 
 # --------------------------------------------------------------------------- inputs
@@ -158,7 +176,8 @@ class Split(NamedTuple):
 
 def read_split(folder: Path) -> Split:
     """Waveforms, classes and video ids of every clip of `folder` (one unshuffled pass)."""
-    reader = ShardReader(folder, columns=("waveform", "labels", "video_id"), batch_size=EMBED_BATCH)
+    reader = ShardReader(folder, columns=("waveform", "labels", "video_id"), batch_size=EMBED_BATCH,
+                         rank=0, world_size=1)  # the whole split, also in a torchrun process
     waveforms, classes, video_ids = [], [], []
     for batch in reader:
         waveforms.append(batch["waveform"].clone())  # the reader reuses its batch memory
@@ -202,7 +221,7 @@ def embed_split(model: Stage1Model, folder: Path, model_params: Model, object_ra
     """Object features and f^a of every clip of `folder`, in folder order, in eval mode."""
     model.eval()
     columns = ("image", "logmel", "index") if with_images else ("logmel", "index")
-    reader = ShardReader(folder, columns=columns, batch_size=EMBED_BATCH)
+    reader = ShardReader(folder, columns=columns, batch_size=EMBED_BATCH, rank=0, world_size=1)  # the whole split
     objects = torch.zeros(reader.num_rows, model_params.dim) if with_images else torch.zeros(0)
     audio = torch.zeros(reader.num_rows, model_params.dim)
     for batch in reader:
@@ -216,6 +235,128 @@ def embed_split(model: Stage1Model, folder: Path, model_params: Model, object_ra
                 objects[batch["index"]] = pool_object_features(visual, attention, object_ratio).cpu()
     model.train()
     return Embeddings(objects, audio)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Processes(NamedTuple):
+    """This process's place in a `torchrun` launch (rank 0 of 1 when started plainly)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_processes(device_name: str) -> Processes:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU; each
+    CUDA process takes the GPU of its LOCAL_RANK. Started plainly: one process on `pick_device`'s device."""
+    device = pick_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Processes(0, 1, device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(dist.get_rank(), dist.get_world_size(), device)
+
+
+def stop_processes(processes: Processes) -> None:
+    if processes.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast(tensor: torch.Tensor, processes: Processes) -> torch.Tensor:
+    """Rank 0's `tensor` on every rank (CPU in, CPU out; through the device, where NCCL needs it).
+    The other ranks pass a buffer of the same shape and dtype."""
+    if processes.world_size == 1:
+        return tensor
+    on_device = tensor.to(processes.device)
+    dist.broadcast(on_device, src=0)
+    return on_device.cpu()
+
+
+def mean_over_ranks(values: dict[str, float], processes: Processes) -> dict[str, float]:
+    """The mean of each value over the ranks (epoch losses for the log)."""
+    if processes.world_size == 1:
+        return values
+    stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=processes.device)
+    dist.all_reduce(stacked)
+    return {name: float(total) / processes.world_size for name, total in zip(values, stacked.tolist())}
+
+
+def wrap_for_training(model: Stage1Model, processes: Processes) -> nn.Module:
+    """DDP over the parameters that train now (frozen ones are left out: DDP would wait for their
+    gradients), or the model itself in a single process."""
+    if processes.world_size == 1:
+        return model
+    device_ids = [processes.device.index] if processes.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+# --------------------------------------------------------------------------- one training step
+
+
+class TrainStep:
+    """One optimiser step of stage 1 on a reader batch (columns image, logmel, index, video_id).
+
+    Correspondence phase: Eq. 1 on the batch. AII phase: the batch's first (1 - share) clips stay single
+    (Eq. 8), and `share` of its size are replaced by mixtures of `mixture_members` clips of different
+    pseudo-classes drawn from the whole split (Eq. 2 / 10); Eq. 1 keeps training on the single clips.
+    """
+
+    def __init__(self, model: Stage1Model, trainer: nn.Module, optimizer: torch.optim.Optimizer,
+                 model_params: Model, stage1_params: Stage1, aii_params: Aii, device: torch.device,
+                 channels_last: bool, train_waveforms: torch.Tensor, logmel: LogMel):
+        self.model, self.trainer, self.optimizer = model, trainer, optimizer
+        self.model_params, self.stage1_params, self.aii_params = model_params, stage1_params, aii_params
+        self.device, self.channels_last = device, channels_last
+        self.train_waveforms, self.logmel = train_waveforms, logmel
+        self.in_aii = False
+        self.share, self.mixture_members = 0.0, 0
+        self.assignment = self.prototypes = None
+
+    def set_aii(self, share: float, mixture_members: int, assignment: torch.Tensor, prototypes: torch.Tensor) -> None:
+        """Switch to the AII phase with this epoch's curriculum, pseudo-classes and P^a."""
+        self.in_aii, self.share, self.mixture_members = True, share, mixture_members
+        self.assignment, self.prototypes = assignment, prototypes.to(self.device)
+
+    def __call__(self, batch: dict, rng: np.random.Generator) -> dict[str, float]:
+        batch_size = len(batch["index"])
+        flip = rng.random(batch_size) < 0.5 if self.stage1_params.flip else None
+        images = prepare_images(batch["image"], self.model_params.image_size, self.device, self.channels_last,
+                                flip, self.stage1_params.crop_scale, rng)
+        audio_input, aii_rows, plan, mixtures = batch["logmel"], None, None, 0
+        if self.in_aii:
+            mixtures = round(self.share * batch_size)
+            plan = plan_mixtures(self.assignment.numpy(), mixtures, self.mixture_members, rng)
+            mixed = mixture_logmels(self.train_waveforms, plan, self.logmel) if mixtures else audio_input[:0]
+            audio_input = torch.cat([audio_input, mixed.to(audio_input.device)])
+            singles = batch_size - mixtures
+            aii_rows = torch.cat([torch.arange(singles), torch.arange(batch_size, batch_size + mixtures)]).to(self.device)
+        with autocast(self.device):
+            visual, audio, expanded = self.trainer(images, prepare_logmel(audio_input, self.device, self.channels_last),
+                                                   aii_rows)
+        loss_av = av_loss(self.model, visual, audio.embedding[:batch_size], batch["video_id"],
+                          self.stage1_params.negatives)
+        losses = {"av_loss": loss_av}
+        loss = loss_av
+        if self.in_aii:
+            # Eq. 8 on the single clips, Eq. 10 on the mixtures, in one BCE.
+            labels = aii_labels(self.assignment, batch["index"][:batch_size - mixtures], plan).to(self.device)
+            similarity = prototype_similarity(self.prototypes, expanded, self.model_params.similarity_temperature,
+                                              self.model_params.similarity_center)
+            losses["aii_loss"] = mixture_loss(similarity, labels)
+            loss = self.aii_params.av_loss_weight * loss_av + losses["aii_loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {name: value.item() for name, value in losses.items()}
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -318,9 +459,11 @@ def evaluate(model: Stage1Model, test_dir: Path, test: Split, visual_prototypes:
 
 def run_stage1(features_dir: str | Path, paths: Stage1Paths, model_params: Model, stage1_params: Stage1,
                aii_params: Aii, seed: int) -> dict:
-    """Train stage 1 on `features_dir/train_single`, evaluate on `features_dir/test`, write `paths`; the report."""
-    from dvclive import Live  # imported here: dvclive pulls in much, and only the stage needs it
+    """Train stage 1 on `features_dir/train_single`, evaluate on `features_dir/test`, write `paths`; the report.
 
+    Under `torchrun --nproc_per_node=N` each process trains on its share of every epoch's batches (DDP);
+    rank 0 clusters, writes and evaluates, and only it returns the report (the others return {}).
+    """
     features_dir = Path(features_dir)
     train_dir, test_dir = features_dir / "train_single", features_dir / "test"
     summary_path = features_dir / "summary.json"
@@ -333,8 +476,22 @@ def run_stage1(features_dir: str | Path, paths: Stage1Paths, model_params: Model
         if not list(folder.glob("shard-*.parquet")):
             raise StageError(f"{folder}: no shard-*.parquet files (run the features stage first)")
 
-    torch.manual_seed(seed)
-    device = pick_device(stage1_params.device)
+    processes = start_processes(stage1_params.device)
+    try:
+        return _train_and_evaluate(features_dir, paths, model_params, stage1_params, aii_params, seed, processes,
+                                   logmel_settings)
+    finally:
+        stop_processes(processes)
+
+
+def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Model, stage1_params: Stage1,
+                        aii_params: Aii, seed: int, processes: Processes, logmel_settings: dict) -> dict:
+    """run_stage1 in each process; rank 0 clusters, writes and evaluates, and returns the report ({} elsewhere)."""
+    from dvclive import Live  # imported here: dvclive pulls in much, and only the stage needs it
+
+    train_dir, test_dir = features_dir / "train_single", features_dir / "test"
+    torch.manual_seed(seed)  # the same initial weights in every process
+    device = processes.device
     # CPU runs are bit-reproducible; on CUDA this would need CUBLAS_WORKSPACE_CONFIG and slower kernels.
     torch.use_deterministic_algorithms(device.type == "cpu")
     channels_last = model_params.channels_last and device.type == "cuda"
@@ -342,7 +499,6 @@ def run_stage1(features_dir: str | Path, paths: Stage1Paths, model_params: Model
     clusters = stage1_params.clusters
 
     train = read_split(train_dir)
-    test = read_split(test_dir)
     if len(set(train.video_ids)) < 2:
         raise StageError(f"{train_dir}: clips of {len(set(train.video_ids))} video(s); negatives need at least 2")
     if len(train.classes) < clusters:
@@ -352,16 +508,19 @@ def run_stage1(features_dir: str | Path, paths: Stage1Paths, model_params: Model
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=stage1_params.lr, weight_decay=stage1_params.weight_decay)
+    # Each process reads its own share of the row groups; stage1.batch_size clips per process and step.
     reader = ShardReader(train_dir, columns=("image", "logmel", "index", "video_id"),
-                         batch_size=stage1_params.batch_size, shuffle=True, seed=seed, drop_last=True)
-    if reader.num_batches() == 0:
-        raise StageError(f"{train_dir}: {reader.num_rows} clips give no full batch of stage1.batch_size = "
-                         f"{stage1_params.batch_size}")
+                         batch_size=stage1_params.batch_size, shuffle=True, seed=seed, drop_last=True,
+                         rank=processes.rank, world_size=processes.world_size)
     loader = make_loader(reader)
 
-    # Resume from the last complete epoch of the same training, if any.
+    # Resume from the last complete epoch of the same training, if any (rank 0 removes stale ones first).
     expected_fingerprint = fingerprint(features_dir, model_params, stage1_params, aii_params, seed)
-    checkpoint = last_checkpoint(paths.checkpoints, expected_fingerprint)
+    checkpoint = last_checkpoint(paths.checkpoints, expected_fingerprint) if processes.main else None
+    if processes.world_size > 1:
+        dist.barrier()
+        if not processes.main:
+            checkpoint = last_checkpoint(paths.checkpoints, expected_fingerprint)
     start_epoch, history = 0, []
     visual_prototypes = assignment = prototypes = None
     if checkpoint is not None:
@@ -370,97 +529,91 @@ def run_stage1(features_dir: str | Path, paths: Stage1Paths, model_params: Model
         start_epoch, history = checkpoint["epoch"], checkpoint["history"]
         visual_prototypes, assignment, prototypes = (checkpoint["visual_prototypes"], checkpoint["assignment"],
                                                      checkpoint["audio_prototypes"])
-        print(f"stage1: resuming from the checkpoint of epoch {start_epoch}", flush=True)
+        if processes.main:
+            print(f"stage1: resuming from the checkpoint of epoch {start_epoch}", flush=True)
 
-    live = Live(dir=str(paths.live), dvcyaml=False, save_dvc_exp=False)
-    for past in history:  # the resumed run's log equals an uninterrupted one's
+    live = Live(dir=str(paths.live), dvcyaml=False, save_dvc_exp=False) if processes.main else None
+    for past in history if live else []:  # the resumed run's log equals an uninterrupted one's
         for name, value in past.items():
             live.log_metric(name, value)
         live.next_step()
 
     total_epochs = stage1_params.av_epochs + aii_params.epochs
-    model.train()
+    trainer, trainer_phase = None, None
     for epoch in range(start_epoch, total_epochs):
         reader.set_epoch(epoch)
-        rng = np.random.default_rng([seed, epoch])
+        # Every rank steps as often as the one with the fewest batches (DDP needs equal step counts).
+        steps = min(reader.num_batches(rank=rank) for rank in range(processes.world_size))
+        if steps == 0:
+            raise StageError(f"{train_dir}: {reader.num_rows} clips give no full batch of stage1.batch_size = "
+                             f"{stage1_params.batch_size} for each of {processes.world_size} process(es)")
+        rng = np.random.default_rng([seed, epoch, processes.rank])
         in_aii = epoch >= stage1_params.av_epochs
-        sums = {"av_loss": 0.0, "aii_loss": 0.0} if in_aii else {"av_loss": 0.0}
+        phase = "aii" if in_aii else "av"
         if in_aii:
-            # P^a of this epoch, and the curriculum at its progress through the AII phase.
+            # P^a of this epoch (rank 0 embeds, every rank gets them), and the curriculum at its progress.
             progress = (epoch - stage1_params.av_epochs) / aii_params.epochs
-            share = mix_share(progress, aii_params.p_start, aii_params.p_end, aii_params.curriculum)
-            mixture_members = members(progress, aii_params.min_mix, aii_params.max_mix, aii_params.curriculum)
-            audio_features = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device,
-                                         channels_last, with_images=False).audio
-            prototypes = audio_prototypes(audio_features, assignment, clusters, previous=prototypes).vectors
+            prototypes_now = torch.zeros(clusters, model_params.dim)
+            if processes.main:
+                audio_features = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device,
+                                             channels_last, with_images=False).audio
+                prototypes_now = audio_prototypes(audio_features, assignment, clusters, previous=prototypes).vectors
+            prototypes = broadcast(prototypes_now, processes)
         # The AII phase leaves the visual side as clustering saw it (P^v are its centroids): frozen weights,
-        # BatchNorm statistics included; Eq. 1 then only pulls f^a towards the fixed visual space.
+        # BatchNorm statistics included; Eq. 1 then only pulls f^a towards the fixed visual space. The AII
+        # module trains only in its phase.
         model.train()
         for module in (model.visual, model.head):
             module.train(not in_aii)
             module.requires_grad_(not in_aii)
-        steps = 0
-        phase = "aii" if in_aii else "av"
-        for batch in tqdm(loader, desc=f"stage1 {phase} epoch {epoch + 1}/{total_epochs}", leave=False,
-                          total=reader.num_batches()):
-            batch_size = len(batch["index"])
-            flip = rng.random(batch_size) < 0.5 if stage1_params.flip else None
-            images = prepare_images(batch["image"], model_params.image_size, device, channels_last, flip,
-                                    stage1_params.crop_scale, rng)
-            single_logmels = batch["logmel"]
-            if in_aii:
-                mixtures = round(share * batch_size)
-                plan = plan_mixtures(assignment.numpy(), mixtures, mixture_members, rng)
-                mixed = mixture_logmels(train.waveforms, plan, logmel) if mixtures else single_logmels[:0]
-                audio_input = torch.cat([single_logmels, mixed.to(single_logmels.device)])
-            else:
-                audio_input = single_logmels
-            with autocast(device):
-                visual = model.visual(images).embedding
-                audio = model.audio(prepare_logmel(audio_input, device, channels_last))
-            loss_av = av_loss(model, visual, audio.embedding[:batch_size], batch["video_id"], stage1_params.negatives)
-            loss = loss_av
-            sums["av_loss"] += loss_av.item()
-            if in_aii:
-                # Eq. 8 on the first (batch - mixtures) single clips, Eq. 10 on the mixtures, in one BCE.
-                singles = batch_size - mixtures
-                keep = torch.cat([torch.arange(singles), torch.arange(batch_size, batch_size + mixtures)]).to(device)
-                labels = aii_labels(assignment, batch["index"][:singles], plan).to(device)
-                with autocast(device):
-                    expanded = model.aii(audio.embedding[keep], [level[keep] for level in audio.mid_level])
-                similarity = prototype_similarity(prototypes.to(device), expanded,
-                                                  model_params.similarity_temperature, model_params.similarity_center)
-                loss_aii = mixture_loss(similarity, labels)
-                loss = aii_params.av_loss_weight * loss_av + loss_aii
-                sums["aii_loss"] += loss_aii.item()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps += 1
+        model.aii.requires_grad_(in_aii)
+        if trainer_phase != phase:
+            trainer, trainer_phase = wrap_for_training(model, processes), phase
+        step = TrainStep(model, trainer, optimizer, model_params, stage1_params, aii_params, device, channels_last,
+                         train.waveforms, logmel)
+        if in_aii:
+            step.set_aii(mix_share(progress, aii_params.p_start, aii_params.p_end, aii_params.curriculum),
+                         members(progress, aii_params.min_mix, aii_params.max_mix, aii_params.curriculum),
+                         assignment, prototypes)
+
+        sums = {"av_loss": 0.0, "aii_loss": 0.0} if in_aii else {"av_loss": 0.0}
+        batches = iter(loader)
+        for _ in tqdm(range(steps), desc=f"stage1 {phase} epoch {epoch + 1}/{total_epochs}", leave=False,
+                      disable=not processes.main):
+            for name, value in step(next(batches), rng).items():
+                sums[name] += value
+        del batches  # a rank with a batch to spare leaves it unread
 
         if epoch == stage1_params.av_epochs - 1:
-            # Clustering: object features of every training clip -> k-means -> P^v and pseudo-classes.
-            objects = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device,
-                                  channels_last).objects
-            centroids, clip_clusters = kmeans(objects.numpy(), clusters, stage1_params.kmeans_niter, seed,
-                                              init=stage1_params.kmeans_init)
-            visual_prototypes, assignment = torch.from_numpy(centroids), torch.from_numpy(clip_clusters)
-            print(f"stage1: {clusters} clusters, {len(np.unique(clip_clusters))} used; train NMI "
-                  f"{nmi(clip_clusters, train.classes):.3f}", flush=True)
+            # Clustering on rank 0: object features of every training clip -> k-means -> P^v and pseudo-classes.
+            centroids = torch.zeros(clusters, model_params.dim)
+            clip_clusters = torch.zeros(len(train.classes), dtype=torch.int64)
+            if processes.main:
+                objects = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device,
+                                      channels_last).objects
+                centroids, clip_clusters = map(torch.from_numpy, kmeans(
+                    objects.numpy(), clusters, stage1_params.kmeans_niter, seed, init=stage1_params.kmeans_init))
+                print(f"stage1: {clusters} clusters, {len(np.unique(clip_clusters))} used; train NMI "
+                      f"{nmi(clip_clusters.numpy(), train.classes):.3f}", flush=True)
+            visual_prototypes, assignment = broadcast(centroids, processes), broadcast(clip_clusters, processes)
 
-        epoch_log = {name: value / steps for name, value in sums.items()}
+        epoch_log = mean_over_ranks({name: value / steps for name, value in sums.items()}, processes)
         history.append(epoch_log)
-        for name, value in epoch_log.items():
-            live.log_metric(name, value)
-        live.next_step()
-        print(f"stage1: epoch {epoch + 1}/{total_epochs} ({phase}): "
-              + ", ".join(f"{name} {value:.4f}" for name, value in epoch_log.items()), flush=True)
-        save_checkpoint(paths.checkpoints, {
-            "fingerprint": expected_fingerprint, "epoch": epoch + 1, "history": history,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "visual_prototypes": visual_prototypes, "assignment": assignment, "audio_prototypes": prototypes})
+        if processes.main:
+            for name, value in epoch_log.items():
+                live.log_metric(name, value)
+            live.next_step()
+            print(f"stage1: epoch {epoch + 1}/{total_epochs} ({phase}): "
+                  + ", ".join(f"{name} {value:.4f}" for name, value in epoch_log.items()), flush=True)
+            save_checkpoint(paths.checkpoints, {
+                "fingerprint": expected_fingerprint, "epoch": epoch + 1, "history": history,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "visual_prototypes": visual_prototypes, "assignment": assignment, "audio_prototypes": prototypes})
 
+    if not processes.main:
+        return {}
     # Final audio prototypes from the trained audio net; the cluster -> class map (evaluation only).
+    test = read_split(test_dir)
     audio_features = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device, channels_last,
                                  with_images=False).audio
     final_prototypes = audio_prototypes(audio_features, assignment, clusters, previous=prototypes)
@@ -474,6 +627,7 @@ def run_stage1(features_dir: str | Path, paths: Stage1Paths, model_params: Model
         "train_nmi": nmi(assignment.numpy(), train.classes),
         "epochs": {"av": stage1_params.av_epochs, "aii": aii_params.epochs},
         "aii_enabled": aii_params.enabled,
+        "processes": processes.world_size,
         "final_losses": {name: round(value, 6) for name, value in history[-1].items()},
     }
     report = {key: round(value, 6) if isinstance(value, float) else value for key, value in report.items()}
