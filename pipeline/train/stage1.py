@@ -46,7 +46,8 @@ from tqdm import tqdm
 from pipeline.config import Aii, Model, Stage1
 from pipeline.features import LogMel
 from pipeline.models.ier import (AudioEncoder, AudioFeatures, AudioInstanceIdentifier, CorrespondenceHead,
-                                 VisualEncoder, localization_map, localization_map_pairs, pool_object_features, prototype_similarity)
+                                 VisualEncoder, localization_map, localization_map_pairs, pool_object_features,
+                                 prototype_similarity)
 from pipeline.reader import ShardReader, make_loader
 from pipeline.shards import atomic_path, write_json
 from pipeline.stage import StageError
@@ -85,8 +86,9 @@ class Stage1Model(nn.Module):
     def forward(self, images: torch.Tensor, log_mels: torch.Tensor,
                 aii_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, AudioFeatures, torch.Tensor | None]:
         """One training pass: f^v of the images, f^a (and mid-level features) of the log-mels and, when
-        `aii_rows` is given, the expanded features F^a of those rows. Training goes through here so that
-        DDP sees every network the step uses (the head, two floats, works on the outputs)."""
+        `aii_rows` is given, the expanded features F^a of those rows. Training calls the networks through
+        here, so that under DDP the call goes through the wrapper's forward, which readies the gradient
+        averaging (the correspondence head, a scale and a bias, is applied to the outputs by the loss)."""
         visual = self.visual(images).embedding
         audio = self.audio(log_mels)
         expanded = None
@@ -338,10 +340,11 @@ class TrainStep:
             mixed = mixture_logmels(self.train_waveforms, plan, self.logmel) if mixtures else audio_input[:0]
             audio_input = torch.cat([audio_input, mixed.to(audio_input.device)])
             singles = batch_size - mixtures
-            aii_rows = torch.cat([torch.arange(singles), torch.arange(batch_size, batch_size + mixtures)]).to(self.device)
+            aii_rows = torch.cat([torch.arange(singles), torch.arange(batch_size, batch_size + mixtures)])
+            aii_rows = aii_rows.to(self.device)
+        log_mels = prepare_logmel(audio_input, self.device, self.channels_last)
         with autocast(self.device):
-            visual, audio, expanded = self.trainer(images, prepare_logmel(audio_input, self.device, self.channels_last),
-                                                   aii_rows)
+            visual, audio, expanded = self.trainer(images, log_mels, aii_rows)
         loss_av = av_loss(self.model, visual, audio.embedding[:batch_size], batch["video_id"],
                           self.stage1_params.negatives)
         losses = {"av_loss": loss_av}
