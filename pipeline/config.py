@@ -202,6 +202,36 @@ class Aii:
 
 
 @dataclass(frozen=True)
+class Cmr:
+    """Stage 2, the Cross-modal Referrer."""
+
+    epochs: int = knob(lo=0)  # training epochs on the stage-2 mosaics (0: the stage-1 networks, "w/o CMR")
+    batch_size: int = knob(lo=2)  # mosaics per step
+    lr: float = knob(lo=0.0, hi=1.0)  # AdamW learning rate
+    weight_decay: float = knob(lo=0.0, hi=1.0)  # AdamW weight decay
+    temperature: float = knob(lo=1e-4)  # divides the GAP values and Eq. 4's shares before the softmaxes (Eqs. 3, 5)
+    silent_filter: bool = knob()  # L^av_k = l(f^v, F^a_k) . L^v_k (false: the ablation, no visual class maps)
+    offscreen_filter: bool = knob()  # p^av weighs p^a by the seen area of each class (false: the ablation)
+    flip: bool = knob()  # random horizontal flips of the training mosaics
+    device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """The evaluation protocol (DESIGN section 7)."""
+
+    map_size: int = knob(lo=8, hi=1024)  # maps are bilinearly resized to this side before thresholding (224)
+    single_threshold: float = knob(lo=0.0, hi=1.0)  # single source: predicted region above this x max (0.1)
+    class_threshold: float = knob(lo=0.0, hi=1.0)  # Syn / Unconstrained: region above this x max (0.5)
+    duet_threshold: float = knob(lo=0.0, hi=1.0)  # Duet: region above this x max (0.2)
+    iou_success: float = knob(lo=0.0, hi=1.0)  # single source: a sample counts in iou50 at IoU >= this (0.5)
+    ciou_success: float = knob(lo=0.0, hi=1.0)  # class-aware: an image counts in ciou30 at CIoU >= this (0.3)
+    examples: int = knob(lo=0)  # test mosaics per set kept with their maps for the report
+    batch_size: int = knob(lo=1)  # images per forward pass
+    device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     datasets: dict[str, Dataset]
@@ -213,6 +243,8 @@ class Params:
     model: Model
     stage1: Stage1
     aii: Aii
+    cmr: Cmr
+    evaluate: Evaluate
 
 
 # --------------------------------------------------------------------------- loading

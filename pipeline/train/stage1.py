@@ -384,7 +384,7 @@ def last_checkpoint(folder: Path, expected_fingerprint: str) -> dict | None:
         return None
     checkpoint = torch.load(paths[-1], map_location="cpu", weights_only=True)
     if checkpoint["fingerprint"] != expected_fingerprint:
-        print(f"stage1: checkpoints in {folder} come from other params, data or code: starting over", flush=True)
+        print(f"checkpoints in {folder} come from other params, data or code: starting over", flush=True)
         for path in paths:
             path.unlink()
         return None

@@ -1,0 +1,84 @@
+"""The Cross-modal Referrer (paper section 3.3, Eqs. 3-6; supplement Eqs. 15-16).
+
+Given the visual embedding f^v of an image, the expanded audio features F^a of its (mixed) sound
+and the stage-1 prototypes P^v, P^a:
+
+- visual class maps L^v_k = l(f^v, P^v_k), and class-aware AV maps L^av_k = l(f^v, F^a_k) . L^v_k
+  (the silent object filter: a class must be seen where it is heard);
+- the visual-guided distribution p^va = softmax_k(GAP(L^av_k)) (Eq. 3);
+- the audio-guided distribution: p^a_k = sim(P^a_k, F^a_k), masks m_k = [L^v_k > eps] with eps the
+  mean of the class maps over the batch (Eqs. 15-16), p^av_k = GAP(m_k) p^a_k / sum_j GAP(m_j) p^a_j
+  (Eq. 4), p^av = softmax(p^av) (Eq. 5) (the off-screen noise filter: a class heard but not seen
+  drops out);
+- L_u = 1/2 KL(p^va || p^av) + 1/2 KL(p^av || p^va) (Eq. 6).
+
+Maps are the correspondence head's probability maps, sigmoid(scale . cos + bias), so they lie in
+[0, 1] and their product is a soft "and" (two negative cosines would otherwise multiply into a
+positive). Both softmaxes divide by `temperature`: GAP values and Eq. 4's shares lie in [0, 1], and
+a softmax over K such values is nearly uniform (docs/decisions.md).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from pipeline.models.ier import CorrespondenceHead, localization_map, localization_map_pairs
+
+
+class ClassMaps(NamedTuple):
+    audio_visual: torch.Tensor  # L^av (B, K, h, w): the class-aware maps, the system's output
+    visual: torch.Tensor  # L^v (B, K, h, w): where each prototype's object is seen
+
+
+def class_aware_maps(head: CorrespondenceHead, visual: torch.Tensor, expanded: torch.Tensor,
+                     visual_prototypes: torch.Tensor, silent_filter: bool) -> ClassMaps:
+    """L^v_k and L^av_k for every image and pseudo-class.
+
+    visual f^v (B, D, h, w); expanded F^a (B, K, D); visual_prototypes P^v (K, D). With
+    `silent_filter` off (the ablation) L^av_k = l(f^v, F^a_k) alone.
+    """
+    _, visual_maps = head(localization_map_pairs(visual, visual_prototypes))  # (B, K, h, w)
+    _, audio_visual = head(localization_map(visual, expanded))  # (B, K, h, w)
+    if silent_filter:
+        audio_visual = audio_visual * visual_maps
+    return ClassMaps(audio_visual, visual_maps)
+
+
+class Distributions(NamedTuple):
+    visual_guided: torch.Tensor  # p^va (B, K), Eq. 3
+    audio_guided: torch.Tensor  # p^av (B, K), Eq. 5
+
+
+def distributions(maps: ClassMaps, audio_probability: torch.Tensor, offscreen_filter: bool,
+                  temperature: float) -> Distributions:
+    """p^va (Eq. 3) and p^av (Eqs. 4-5, 15-16) of a batch.
+
+    audio_probability p^a (B, K): sim(P^a_k, F^a_k), the probability that pseudo-class k is heard.
+    With `offscreen_filter` off (the ablation) p^av = softmax(p^a / sum p^a): what is heard counts
+    whether or not it is seen.
+    """
+    visual_guided = torch.softmax(maps.audio_visual.mean(dim=(2, 3)) / temperature, dim=1)
+    if offscreen_filter:
+        threshold = maps.visual.mean()  # eps: the mean of the class maps over the batch (Eqs. 15-16)
+        seen = (maps.visual > threshold).float().mean(dim=(2, 3))  # GAP(m_k)
+        weighted = seen * audio_probability
+    else:
+        weighted = audio_probability
+    shares = weighted / weighted.sum(dim=1, keepdim=True).clamp_min(1e-8)  # Eq. 4
+    return Distributions(visual_guided, torch.softmax(shares / temperature, dim=1))  # Eq. 5
+
+
+def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: 1/2 KL(first || second) + 1/2 KL(second || first), both (B, K) distributions; batch mean."""
+    log_first = first.clamp_min(1e-8).log()
+    log_second = second.clamp_min(1e-8).log()
+    forward = (first * (log_first - log_second)).sum(dim=1)
+    backward = (second * (log_second - log_first)).sum(dim=1)
+    return (0.5 * forward + 0.5 * backward).mean()
+
+
+def referrer_loss(distribution: Distributions) -> torch.Tensor:
+    """L_u (Eq. 6) in float32."""
+    with torch.autocast(device_type=distribution.visual_guided.device.type, enabled=False):
+        return symmetric_kl(distribution.visual_guided.float(), distribution.audio_guided.float())
