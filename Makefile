@@ -6,7 +6,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export YOLO_OFFLINE := 1
 
-.PHONY: install repro test bench
+.PHONY: install repro test bench ablations
 
 install: $(VENV)/.installed
 
@@ -27,3 +27,8 @@ test: install
 bench: install
 	$(PY) bench/loader.py
 	$(PY) bench/train_step.py
+
+# Tables 3, 4, 7 and 9 as DVC experiments on the committed, reproduced workspace -> reports/ablations.md and the
+# report page (pipeline/ablations.py). ONLY=no-cmr,un-3-3-2 runs a subset.
+ablations: install
+	$(PY) -m pipeline.ablations $(if $(ONLY),--only $(ONLY))

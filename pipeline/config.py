@@ -54,6 +54,7 @@ class ToyWorld:
     max_overlap: float = knob(lo=0.0, hi=1.0)  # share of a sounding object others may cover
     rotation_deg: float = knob(lo=0.0, hi=180.0)  # max tilt of a glyph, either way
     new_background_each_second: bool = knob()  # a fresh backdrop every second (a camera cut), not one per video
+    new_view_each_second: bool = knob()  # at each cut the objects are also seen anew (size, tilt, place)
 
 
 @dataclass(frozen=True)

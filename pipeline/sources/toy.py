@@ -86,6 +86,8 @@ def check_world(toy: ToyWorld, seed: int, role: str) -> None:
                 toy_glyphs.glyph_variants(name)
             except (KeyError, ValueError) as err:
                 raise StageError(f"{where}.{key}: {err}") from None
+    if toy.new_view_each_second and not toy.new_background_each_second:
+        raise StageError(f"{where}.new_view_each_second: a new view comes at a cut, so it needs new_background_each_second: true")
     if toy.distractors[1] > 0 and not toy.distractor_classes:
         raise StageError(f"{where}.distractor_classes: empty, but distractors is {toy.distractors}")
 
@@ -137,15 +139,20 @@ class SceneObject:
     name: str
     sounding: bool
     pixels: np.ndarray  # RGBA uint8 sprite, cropped to its visible pixels
-    left: np.ndarray  # per frame, x of the sprite's left column (int pixels)
-    top: np.ndarray  # per frame, y of its top row
+    left: np.ndarray  # per frame of its view, x of the sprite's left column (int pixels)
+    top: np.ndarray  # per frame of its view, y of its top row
+    first_frame: int = 0  # the video frame where this view of the object starts (a new view after each cut)
+
+    def frames(self) -> np.ndarray:
+        """The video frames this view of the object is on."""
+        return np.arange(self.first_frame, self.first_frame + len(self.left), dtype=np.int32)
 
 
 @dataclass(frozen=True)
 class Scene:
     backgrounds: list[np.ndarray]  # uint8 (size, size, 3): one per second, or one for the whole video
     frames_per_background: int  # frames shown over each background
-    objects: list[SceneObject]  # sounding objects first, then distractors
+    objects: list[SceneObject]  # sounding objects first, then distractors; then the same for each later view
     draw_order: list[int]  # indices into objects, back to front
     frames: int
 
@@ -189,17 +196,23 @@ def covered_share(a: SceneObject, b: SceneObject) -> float:
     return float(overlap.max() / area)
 
 
-def layout_scene(video: ToyVideo, toy: ToyWorld, rng: np.random.Generator) -> Scene:
-    """Background, objects (glyph, size, tilt, path) and drawing order of one video."""
-    size, frames = toy.image_size, video.seconds * toy.fps
-    background = toy_glyphs.background(rng, size, toy.clutter)
-    distractor_count = int(rng.integers(toy.distractors[0], toy.distractors[1] + 1))
-    distractors = [str(rng.choice(toy.distractor_classes)) for _ in range(distractor_count)]
+def layout_objects(
+    rng: np.random.Generator, toy: ToyWorld, cast: list[tuple[str, bool]], glyphs: list[str], frames: int, first_frame: int
+) -> list[SceneObject]:
+    """One view of the cast (name, sounding): each object drawn at a random size, tilt, mirror and
+    brightness on a path of `frames` frames, placed so that sounding objects stay mostly uncovered.
+
+    glyphs[i] is cast member i's glyph variant; a member without one yet gets it drawn here, just before
+    its sprite, so that the first view draws its random numbers in the order the generator always has.
+    """
+    size = toy.image_size
     objects: list[SceneObject] = []
-    for name, sounding in [(label, True) for label in video.labels] + [(name, False) for name in distractors]:
-        variants = toy_glyphs.glyph_variants(name)
+    for index, (name, sounding) in enumerate(cast):
+        if index == len(glyphs):
+            variants = toy_glyphs.glyph_variants(name)
+            glyphs.append(variants[int(rng.integers(len(variants)))])
         pixels = toy_glyphs.sprite(
-            variants[int(rng.integers(len(variants)))],
+            glyphs[index],
             side_px=max(8, round(rng.uniform(*toy.object_scale) * size)),
             angle_deg=rng.uniform(-toy.rotation_deg, toy.rotation_deg),
             mirror=bool(rng.random() < 0.5),
@@ -209,19 +222,43 @@ def layout_scene(video: ToyVideo, toy: ToyWorld, rng: np.random.Generator) -> Sc
         dx, dy = path_offsets(rng, toy, frames)
         best, best_cover = None, np.inf
         for _ in range(PLACEMENT_TRIES):
-            candidate = SceneObject(name, sounding, pixels, place(rng, dx, width, size), place(rng, dy, height, size))
+            left, top = place(rng, dx, width, size), place(rng, dy, height, size)
+            candidate = SceneObject(name, sounding, pixels, left, top, first_frame)
             cover = max((covered_share(candidate, other) for other in objects), default=0.0)
             if cover < best_cover:
                 best, best_cover = candidate, cover
             if cover <= toy.max_overlap:
                 break
         objects.append(best)
+    return objects
+
+
+def layout_scene(video: ToyVideo, toy: ToyWorld, rng: np.random.Generator) -> Scene:
+    """Background, objects (glyph, size, tilt, path) and drawing order of one video.
+
+    With toy.new_view_each_second every cut also shows the same cast (each object
+    with the same glyph) anew: new size, tilt, mirror, brightness and place, as a
+    new camera angle on the same performance.
+    """
+    size, frames = toy.image_size, video.seconds * toy.fps
+    background = toy_glyphs.background(rng, size, toy.clutter)
+    distractor_count = int(rng.integers(toy.distractors[0], toy.distractors[1] + 1))
+    distractors = [str(rng.choice(toy.distractor_classes)) for _ in range(distractor_count)]
+    cast = [(label, True) for label in video.labels] + [(name, False) for name in distractors]
+    glyphs: list[str] = []
+    view_frames = toy.fps if toy.new_view_each_second else frames
+    objects = layout_objects(rng, toy, cast, glyphs, view_frames, 0)
     draw_order = [int(i) for i in rng.permutation(len(objects))]
     backgrounds, frames_per_background = [background], frames
     if toy.new_background_each_second:
         # Drawn after everything else, so a world without cuts renders exactly as before the option existed.
         backgrounds += [toy_glyphs.background(rng, size, toy.clutter) for _ in range(video.seconds - 1)]
         frames_per_background = toy.fps
+    if toy.new_view_each_second:
+        for second in range(1, video.seconds):
+            view = layout_objects(rng, toy, cast, glyphs, toy.fps, second * toy.fps)
+            draw_order += [len(objects) + int(i) for i in rng.permutation(len(view))]
+            objects += view
     return Scene(backgrounds, frames_per_background, objects, draw_order, frames)
 
 
@@ -233,7 +270,10 @@ def scene_frames(scene: Scene) -> Iterator[np.ndarray]:
         canvas = backgrounds[min(frame // scene.frames_per_background, len(backgrounds) - 1)].copy()
         for index in scene.draw_order:
             obj, (color, alpha) = scene.objects[index], sprites[index]
-            x, y = obj.left[frame], obj.top[frame]
+            view_frame = frame - obj.first_frame
+            if not 0 <= view_frame < len(obj.left):
+                continue  # this view of the object is on before or after this frame's cut
+            x, y = obj.left[view_frame], obj.top[view_frame]
             region = canvas[y : y + color.shape[0], x : x + color.shape[1]]
             region += (color - region) * alpha
         yield np.round(canvas).astype(np.uint8)
@@ -242,17 +282,17 @@ def scene_frames(scene: Scene) -> Iterator[np.ndarray]:
 def scene_truth(video: ToyVideo, scene: Scene, toy: ToyWorld) -> pa.Table:
     """One row per object per frame: its tight box (normalised, in [0, 1]) and whether it sounds."""
     size = float(toy.image_size)
-    frame_index = np.arange(scene.frames, dtype=np.int32)
     columns: dict[str, list[np.ndarray]] = {name: [] for name in TRUTH_SCHEMA.names}
     for obj in scene.objects:
         height, width = obj.pixels.shape[:2]
+        frame_index = obj.frames()
         columns["frame"].append(frame_index)
-        columns["class"].append(np.full(scene.frames, obj.name, dtype=object))
+        columns["class"].append(np.full(len(frame_index), obj.name, dtype=object))
         columns["x0"].append(obj.left / size)
         columns["y0"].append(obj.top / size)
         columns["x1"].append((obj.left + width) / size)
         columns["y1"].append((obj.top + height) / size)
-        columns["sounding"].append(np.full(scene.frames, obj.sounding))
+        columns["sounding"].append(np.full(len(frame_index), obj.sounding))
     order = np.argsort(np.concatenate(columns["frame"]), kind="stable")  # frame by frame, objects in scene order
     table = {name: np.concatenate(parts)[order] for name, parts in columns.items() if parts}
     for corner in ("x0", "y0", "x1", "y1"):

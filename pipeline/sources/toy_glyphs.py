@@ -177,7 +177,9 @@ def draw_clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int,
         if shape == "ellipse":
             draw.ellipse(box, fill=fill, outline=outline, width=width)
         elif shape == "rectangle":
-            draw.rounded_rectangle(box, radius=extent * rng.uniform(0, 0.3), fill=fill, outline=outline, width=width)
+            # whole pixels: Pillow 13's rounded_rectangle fails on some fractional boxes ("x1 must be >= x0")
+            draw.rounded_rectangle([round(v) for v in box], radius=round(extent * rng.uniform(0, 0.3)), fill=fill,
+                                   outline=outline, width=width)
         elif shape == "polygon":
             corners = int(rng.integers(3, 7))
             angles = np.sort(rng.uniform(0, 2 * np.pi, corners))

@@ -1,0 +1,355 @@
+"""The ablations of IEr's Tables 3, 4, 7 and 9 as DVC experiments, and `reports/ablations.md` from their metrics.
+
+python -m pipeline.ablations [--only no-cmr,un-3-3-2] [--table-only]   (`make ablations` runs it)
+
+1. Queue one DVC experiment per ablation on the committed workspace (HEAD):
+   `dvc exp run --queue -n NAME -S KEY=VALUE ...`; an older experiment of the same name is removed first,
+   so a rerun replaces it.
+2. Run the queue, one experiment at a time (`dvc exp run --run-all`).
+3. Read every experiment of HEAD from `dvc exp show --json` and write `reports/ablations.md`: Tables 3/4/7
+   (IEr, w/o AII, w/o CMR, w/o each filter) per dataset role and Table 9 (the Unconstrained set's
+   interference levels, IEr and AVOL). The full IEr row is HEAD's committed metrics.
+4. Rebuild `reports/index.html` through DVC (`dvc repro --single-item --force report`), so that the page
+   shows the new tables and dvc.lock records the page it holds. Then, if an experiment failed, exit with
+   one line naming it.
+
+Nothing is applied to the workspace: params.yaml ends as it started.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pipeline.report import CLASS_AWARE_METRICS, SET_TITLES, STAGE1_METRICS
+from pipeline.shards import atomic_path
+
+COMPONENTS = "components"  # Tables 3, 4 and 7: IEr with one part taken out
+LEVELS = "levels"  # Table 9: the Unconstrained test set at more sources of interference
+MISSING = "–"
+REPORT = Path("reports") / "ablations.md"
+# What a git-clean workspace may differ in: this command's own outputs (the table, and the report stage's
+# lock entry after step 4), so that a rerun needs no commit in between.
+OWN_OUTPUTS = {"dvc.lock", REPORT.as_posix()}
+
+
+class AblationError(RuntimeError):
+    """The ablations cannot go on; the message is one line naming the experiment, file or key."""
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str  # DVC experiment name
+    label: str  # the row's name in the table
+    overrides: tuple[str, ...]  # `dvc exp run -S` arguments
+    table: str  # COMPONENTS or LEVELS
+    classes_needed: int = 0  # LEVELS: distinct classes one Unconstrained mosaic takes
+
+
+def interference_level(sounding: int, silent: int, offscreen: int) -> Ablation:
+    """The Unconstrained test set with this many sounding, silent and off-screen sources (Table 9)."""
+    return Ablation(f"un-{sounding}-{silent}-{offscreen}", f"({sounding}, {silent}, {offscreen})",
+                    (f"synth.un.sounding={sounding}", f"synth.un.silent={silent}", f"synth.un.offscreen={offscreen}"),
+                    LEVELS, sounding + silent + offscreen)
+
+
+ABLATIONS = (
+    Ablation("no-aii", "w/o AII", ("aii.enabled=false",), COMPONENTS),
+    Ablation("no-cmr", "w/o CMR (stage-1 networks)", ("cmr.epochs=0",), COMPONENTS),
+    Ablation("no-silent-filter", "w/o silent object filter", ("cmr.silent_filter=false",), COMPONENTS),
+    Ablation("no-offscreen-filter", "w/o off-screen noise filter", ("cmr.offscreen_filter=false",), COMPONENTS),
+    # (2, 2, 1), the default of synth.un, is the full IEr row.
+    interference_level(3, 3, 2),
+    interference_level(4, 4, 3),
+)
+
+# Columns of Tables 3/4/7 per dataset role: (metrics.json group, key, header). A column no row has is left out.
+COMPONENT_COLUMNS = tuple(
+    [(group, key, f"{SET_TITLES[group]} {title}") for group in ("syn", "un", "duet")
+     for key, title in (*CLASS_AWARE_METRICS, ("nsa", "NSA"))]
+    + [("stage1", key, f"Stage 1 {title}") for key, title in STAGE1_METRICS])
+LEVEL_COLUMNS = (("ier", "IEr"), ("avol", "AVOL"))  # methods of Table 9, each with CLASS_AWARE_METRICS on `un`
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of `dvc exp show --json`: HEAD's or one experiment's params and metrics."""
+
+    name: str  # experiment name, or the branch (or short commit) for HEAD
+    rev: str  # git commit
+    state: str  # success | failed | queued | running
+    params: dict  # params.yaml
+    metrics: dict  # dataset role -> its reports/<ds>/metrics.json
+    log: str | None = None  # the queue's log file of an experiment
+
+
+# --------------------------------------------------------------------------- reading `dvc exp show --json`
+
+
+def parse_run(entry: dict, state: str, log: str | None = None) -> Run:
+    data = entry.get("data") or {}
+    params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+    metrics = {}
+    for path, content in (data.get("metrics") or {}).items():
+        parts = Path(path).parts  # reports/<ds>/metrics.json; the other metric files repeat groups of it
+        if len(parts) == 3 and parts[0] == "reports" and parts[2] == "metrics.json" and "data" in content:
+            metrics[parts[1]] = content["data"]
+    return Run(entry.get("name") or entry["rev"][:7], entry["rev"], state, params, metrics, log)
+
+
+def parse_exp_show(show: list) -> tuple[Run, dict[str, Run]]:
+    """HEAD's row and HEAD's experiments by name, from `dvc exp show --json` (run without `-A` / `-n`)."""
+    baselines = [entry for entry in show if entry.get("rev") != "workspace"]
+    if not baselines:
+        raise AblationError("`dvc exp show --json` lists no commit: commit the pipeline and its outputs first")
+    head = baselines[0]
+    experiments = {}
+    for experiment in head.get("experiments") or []:
+        executor = experiment.get("executor") or {}  # none once the queue forgot the task: a finished experiment
+        first = experiment["revs"][0]
+        state = "failed" if first.get("error") else executor.get("state") or "success"
+        run = parse_run(first, state, (executor.get("local") or {}).get("log"))
+        experiments[experiment.get("name") or run.name] = run  # unnamed: its short commit
+    return parse_run(head, "success"), experiments
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def cell(value) -> str:
+    return MISSING if value is None else f"{100 * value:.1f}"
+
+
+def value_at(metrics: dict, *keys: str):
+    for key in keys:
+        metrics = metrics.get(key) if isinstance(metrics, dict) else None
+    return metrics
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def experiment_cell(ablation: Ablation, run: Run | None, skipped: dict[str, str]) -> str:
+    """The experiment's name, and why its row is empty when it is."""
+    why = skipped.get(ablation.name) or ("not run" if run is None else None if run.state == "success" else run.state)
+    return f"`{ablation.name}`" + (f" ({why})" if why else "")
+
+
+def component_table(dataset: str, baseline: Run, experiments: dict[str, Run]) -> list[str]:
+    """Tables 3, 4 and 7 for one dataset role: IEr, then each COMPONENTS ablation, by metric column."""
+    rows = [("IEr (full)", "HEAD", baseline)] + [
+        (ablation.label, experiment_cell(ablation, experiments.get(ablation.name), {}), experiments.get(ablation.name))
+        for ablation in ABLATIONS if ablation.table == COMPONENTS]
+    metrics = [run.metrics.get(dataset, {}) if run and run.state == "success" else {} for _, _, run in rows]
+    columns = [column for column in COMPONENT_COLUMNS if any(value_at(m, *column[:2]) is not None for m in metrics)]
+    body = [[label, experiment] + [cell(value_at(m, group, key)) for group, key, _ in columns]
+            for (label, experiment, _), m in zip(rows, metrics)]
+    return markdown_table(["variant", "experiment"] + [header for _, _, header in columns], body)
+
+
+def level_label(params: dict) -> str:
+    un = value_at(params, "synth", "un") or {}
+    return f"({un.get('sounding', '?')}, {un.get('silent', '?')}, {un.get('offscreen', '?')})"
+
+
+def level_table(datasets: list[str], baseline: Run, experiments: dict[str, Run], skipped: dict[str, str]) -> list[str]:
+    """Table 9: CIoU@0.3 and AUC on the Unconstrained set of IEr and AVOL, one row per interference level."""
+    rows = [(level_label(baseline.params), "HEAD", baseline)] + [
+        (ablation.label, experiment_cell(ablation, experiments.get(ablation.name), skipped),
+         experiments.get(ablation.name)) for ablation in ABLATIONS if ablation.table == LEVELS]
+    head = ["(sounding, silent, off-screen)", "experiment"] + [
+        f"{dataset} {method_title} {title}" for dataset in datasets for _, method_title in LEVEL_COLUMNS
+        for _, title in CLASS_AWARE_METRICS]
+    body = []
+    for label, experiment, run in rows:
+        metrics = run.metrics if run and run.state == "success" else {}
+        body.append([label, experiment] + [
+            cell(value_at(metrics, dataset, "un", key) if method == "ier"
+                 else value_at(metrics, dataset, "baselines", method, "un", key))
+            for dataset in datasets for method, _ in LEVEL_COLUMNS for key, _ in CLASS_AWARE_METRICS])
+    return markdown_table(head, body)
+
+
+def ablations_markdown(baseline: Run, experiments: dict[str, Run], skipped: dict[str, str] | None = None) -> str:
+    """reports/ablations.md: how each row was made, then Tables 3/4/7 per dataset role and Table 9.
+
+    `experiments`: runs by experiment name (an ablation without one, or whose run failed, prints as –);
+    `skipped`: ablation name -> why it cannot run.
+    """
+    skipped = skipped or {}
+    datasets = list(baseline.metrics) or sorted({d for run in experiments.values() for d in run.metrics})
+    lines = [
+        "# Ablations",
+        "",
+        f"From `dvc exp show --json` on commit `{baseline.rev[:7]}` ({baseline.name}): the full IEr row is that "
+        "commit's metrics, every other row a DVC experiment on it with the overrides below. Percentages, one "
+        f"decimal; {MISSING}: not reported (or the experiment did not run). Rerun all: `make ablations`; one "
+        "row: `dvc exp run -n NAME -S KEY=VALUE ...`.",
+        "",
+    ]
+    lines += markdown_table(["experiment", "overrides (`-S`)", "paper"], [
+        [f"`{ablation.name}`", " ".join(f"`{override}`" for override in ablation.overrides),
+         "Table 9" if ablation.table == LEVELS else "Tables 3, 4, 7"] for ablation in ABLATIONS])
+    for dataset in datasets:
+        lines += ["", f"## Tables 3, 4 and 7: {dataset}", ""] + component_table(dataset, baseline, experiments)
+    lines += ["", "## Table 9: interference levels of the Unconstrained set", ""]
+    lines += level_table(datasets, baseline, experiments, skipped)
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- running DVC
+
+
+def dvc(repo: Path, *args: str, capture: bool = True) -> str:
+    """Run `dvc ARGS` in `repo`; a failure raises with DVC's (last) ERROR line."""
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, text=True,
+                          capture_output=capture)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout or "").strip().splitlines() if capture else []
+        reason = ([line for line in lines if line.startswith("ERROR")] or lines)[-1:]  # DVC's advice may follow
+        raise AblationError(f"`dvc {' '.join(args)}` failed" + (f": {reason[0].strip()}" if reason else ""))
+    return done.stdout or ""
+
+
+def exp_show(repo: Path) -> tuple[Run, dict[str, Run]]:
+    try:
+        return parse_exp_show(json.loads(dvc(repo, "exp", "show", "--json")))
+    except ValueError as err:
+        raise AblationError(f"`dvc exp show --json` printed no JSON ({err})") from err
+
+
+def select(only: str | None) -> list[Ablation]:
+    if not only:
+        return list(ABLATIONS)
+    known = {ablation.name: ablation for ablation in ABLATIONS}
+    names = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise AblationError(f"--only: unknown ablation {', '.join(unknown) or '(none given)'} "
+                            f"(have {', '.join(known)})")
+    return [known[name] for name in names]
+
+
+def check_overrides(ablations: list[Ablation], params: dict) -> None:
+    """Every override names an existing key: DVC would add a misspelt one, and the stage fail much later."""
+    for ablation in ablations:
+        for override in ablation.overrides:
+            key = override.split("=", 1)[0]
+            parent = value_at(params, *key.split(".")[:-1])
+            if not isinstance(parent, dict) or key.split(".")[-1] not in parent:
+                raise AblationError(f"{ablation.name}: {key} is not a key of params.yaml")
+
+
+def unrunnable(ablations: list[Ablation], params: dict) -> dict[str, str]:
+    """Name -> why, for interference levels that need more distinct classes than a toy dataset role has."""
+    toy_classes = {dataset: len(value_at(settings, "toy", "classes") or [])
+                   for dataset, settings in (params.get("datasets") or {}).items() if settings.get("source") == "toy"}
+    why = {}
+    for ablation in ablations:
+        short = [f"datasets.{dataset}.toy.classes has {count}" for dataset, count in toy_classes.items()
+                 if count < ablation.classes_needed]
+        if short:
+            why[ablation.name] = f"not run: needs {ablation.classes_needed} distinct classes, {', '.join(short)}"
+    return why
+
+
+def check_committed(repo: Path) -> None:
+    """The experiments run on HEAD plus the workspace's changes, the full row is HEAD: they must agree."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, text=True,
+                            capture_output=True)
+    if status.returncode != 0:
+        raise AblationError(f"{repo}: not a git repository ({status.stderr.strip()})")
+    changed = [line[3:] for line in status.stdout.splitlines() if line[3:] not in OWN_OUTPUTS]
+    if changed:
+        raise AblationError(f"uncommitted changes in {', '.join(changed[:5])}: commit them first, so that the "
+                            "experiments and the full IEr row (HEAD) share one baseline")
+
+
+def run_experiments(repo: Path, ablations: list[Ablation]) -> list[str]:
+    """Queue one experiment per ablation (replacing any of the same name) and run the queue; return what failed."""
+    if shutil.which("dvc") is None:
+        raise AblationError("`dvc` is not on PATH (the queue's workers run it): activate .venv or use make")
+    _, experiments = exp_show(repo)
+    busy = [name for name, run in experiments.items() if run.state in ("queued", "running")]
+    if busy:
+        raise AblationError(f"the DVC queue already holds {', '.join(busy)}: let it finish or clear it "
+                            "(`dvc queue status`, `dvc queue remove`)")
+    stale = [ablation.name for ablation in ablations if ablation.name in experiments]
+    if stale:
+        dvc(repo, "exp", "remove", *stale)
+    for ablation in ablations:
+        dvc(repo, "exp", "run", "--queue", "-n", ablation.name,
+            *[argument for override in ablation.overrides for argument in ("-S", override)])
+    # One worker: a job at a time. `--run-all` follows the logs and exits 0 even when one fails: checked below.
+    dvc(repo, "exp", "run", "--run-all", "--jobs", "1", capture=False)
+    _, experiments = exp_show(repo)
+    failed = []
+    for ablation in ablations:
+        run = experiments.get(ablation.name)
+        if run is None or run.state != "success":
+            why = f"{run.state}{last_error(run.log)}" if run else "is missing"
+            failed.append(f"{ablation.name} {why}, its log: `dvc queue logs {ablation.name}`")
+    return failed
+
+
+def last_error(log: str | None) -> str:
+    try:
+        lines = [line.strip() for line in Path(log).read_text(errors="replace").splitlines() if "ERROR" in line]
+    except (OSError, TypeError):
+        return ""
+    return f" ({lines[-1]})" if lines else ""
+
+
+def run_ablations(repo: Path, ablations: list[Ablation], run: bool = True) -> Path:
+    """Run `ablations` as DVC experiments (unless `run` is false), then write the table and rebuild the report."""
+    try:
+        params = yaml.safe_load((repo / "params.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise AblationError(f"{repo / 'params.yaml'}: cannot read ({err})") from err
+    check_overrides(ablations, params)
+    skipped = unrunnable(ABLATIONS, params)
+    failed = []
+    if run:
+        check_committed(repo)
+        for name, why in skipped.items():
+            if any(ablation.name == name for ablation in ablations):
+                print(f"ablations: {name}: {why}", flush=True)
+        failed = run_experiments(repo, [ablation for ablation in ablations if ablation.name not in skipped])
+    baseline, experiments = exp_show(repo)
+    if not baseline.metrics:
+        raise AblationError(f"commit {baseline.rev[:7]} has no reports/<ds>/metrics.json: run and commit the "
+                            "pipeline first (`make repro`)")
+    with atomic_path(repo / REPORT) as tmp:
+        tmp.write_text(ablations_markdown(baseline, experiments, skipped), encoding="utf-8")
+    # Through DVC rather than calling build_report: the page is a DVC output, so dvc.lock then records the
+    # page that is in the workspace (and the cache), and `dvc status` stays clean.
+    dvc(repo, "repro", "--single-item", "--force", "report", capture=False)
+    if failed:  # after the table: the rows that did run are not lost
+        raise AblationError(f"experiment {'; '.join(failed)} (table written without it)")
+    return repo / REPORT
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.ablations", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated experiment names (default: all of "
+                        + ", ".join(ablation.name for ablation in ABLATIONS) + ")")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: rewrite the table from the experiments DVC already has, and the report")
+    args = parser.parse_args()
+    try:
+        path = run_ablations(Path.cwd(), select(args.only), run=not args.table_only)
+    except AblationError as err:
+        print(f"ablations: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"ablations: wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""pipeline/ablations.py: reading `dvc exp show --json`, the Markdown tables, the checks before anything runs;
+slow: the DVC queue on a one-stage pipeline, and the command on the tiny pipeline under real DVC."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.ablations import (ABLATIONS, COMPONENTS, MISSING, Ablation, AblationError, Run, ablations_markdown,
+                                check_committed, check_overrides, exp_show, parse_exp_show, run_experiments, select,
+                                unrunnable)
+from tests.conftest import DVC, REPO, dvc_environment, load_repo_params, run
+
+HEAD_PARAMS = {"synth": {"un": {"sounding": 2, "silent": 2, "offscreen": 1}}}
+
+
+def class_aware(ciou30, auc, nsa=None) -> dict:
+    return {"ciou30": ciou30, "auc": auc} | ({} if nsa is None else {"nsa": nsa})
+
+
+def metrics_json(base: float, duet: bool = True) -> dict:
+    """A metrics.json whose every value differs: base + a fixed offset per metric."""
+    metrics = {"source": "toy", "syn": class_aware(base + 0.01, base + 0.02, base + 0.03),
+               "un": class_aware(base + 0.04, base + 0.05, base + 0.06),
+               "stage1": {"nmi": base + 0.07, "map": base + 0.08, "precision": base + 0.09, "recall": base + 0.10},
+               "baselines": {"avol": {"un": class_aware(base + 0.11, base + 0.12)}}}
+    if duet:
+        metrics["duet"] = class_aware(base + 0.13, base + 0.14, base + 0.15)
+    return metrics
+
+
+def make_run(name: str, base: float, state: str = "success", params: dict | None = None) -> Run:
+    return Run(name, f"{name:0<40}"[:40], state, params or HEAD_PARAMS,
+               {"music": metrics_json(base), "vggsound": metrics_json(base + 0.5, duet=False)})
+
+
+def tables(markdown: str) -> dict[str, list[dict[str, str]]]:
+    """Each `## heading`'s table as a list of rows, a row as {header: cell}; the unheaded first one as ''."""
+    found, heading, lines = {}, "", markdown.splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("## "):
+            heading = line[3:]
+        if line.startswith("| ") and "".join(lines[number + 1:number + 2]).startswith("| ---"):
+            head = [cell.strip() for cell in line.strip("|").split("|")]
+            found[heading] = []
+            for row in lines[number + 2:]:
+                if not row.startswith("|"):
+                    break
+                found[heading].append(dict(zip(head, (cell.strip() for cell in row.strip("|").split("|")))))
+    return found
+
+
+def row_of(table: list[dict[str, str]], first_cell: str) -> dict[str, str]:
+    matches = [row for row in table if next(iter(row.values())) == first_cell]
+    assert len(matches) == 1, (first_cell, table)
+    return matches[0]
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_component_tables_put_each_number_in_its_row_and_column():
+    no_cmr = make_run("no-cmr", 0.2)
+    del no_cmr.metrics["music"]["syn"]["nsa"]  # one metric the experiment did not report
+    experiments = {"no-aii": make_run("no-aii", 0.1), "no-cmr": no_cmr,
+                   "no-silent-filter": make_run("no-silent-filter", 0.3, state="failed")}  # no-offscreen-filter: absent
+    found = tables(ablations_markdown(make_run("main", 0.0), experiments))
+
+    music, vggsound = found["Tables 3, 4 and 7: music"], found["Tables 3, 4 and 7: vggsound"]
+    full, no_aii = row_of(music, "IEr (full)"), row_of(music, "w/o AII")
+    assert (full["experiment"], full["Synthetic CIoU@0.3"], full["Unconstrained AUC"], full["Duet NSA"],
+            full["Stage 1 Recall"]) == ("HEAD", "1.0", "5.0", "15.0", "10.0")
+    assert (no_aii["experiment"], no_aii["Synthetic AUC"], no_aii["Unconstrained NSA"], no_aii["Duet CIoU@0.3"],
+            no_aii["Stage 1 NMI"], no_aii["Stage 1 mAP"]) == ("`no-aii`", "12.0", "16.0", "23.0", "17.0", "18.0")
+    cmr = row_of(music, "w/o CMR (stage-1 networks)")
+    assert cmr["Synthetic NSA"] == MISSING and cmr["Synthetic AUC"] == "22.0"
+    for label, experiment in (("w/o silent object filter", "`no-silent-filter` (failed)"),
+                              ("w/o off-screen noise filter", "`no-offscreen-filter` (not run)")):
+        row = row_of(music, label)
+        assert row["experiment"] == experiment
+        assert [row[header] for header in list(row)[2:]] == [MISSING] * (len(row) - 2), row
+    assert "Duet AUC" not in vggsound[0]  # no row has a duet set
+    assert row_of(vggsound, "w/o AII")["Unconstrained CIoU@0.3"] == "64.0"
+    assert row_of(vggsound, "IEr (full)")["Stage 1 Precision"] == "59.0"
+
+
+def test_level_table_has_ier_and_avol_per_dataset_and_says_why_a_level_did_not_run():
+    level = make_run("un-3-3-2", 0.2, params={"synth": {"un": {"sounding": 3, "silent": 3, "offscreen": 2}}})
+    found = tables(ablations_markdown(make_run("main", 0.0), {"un-3-3-2": level},
+                                      skipped={"un-4-4-3": "not run: needs 11 classes"}))
+    table9 = found["Table 9: interference levels of the Unconstrained set"]
+    default, harder = row_of(table9, "(2, 2, 1)"), row_of(table9, "(3, 3, 2)")
+    assert (default["experiment"], default["music IEr CIoU@0.3"], default["music AVOL AUC"],
+            default["vggsound IEr AUC"]) == ("HEAD", "4.0", "12.0", "55.0")
+    assert (harder["experiment"], harder["music IEr AUC"], harder["music AVOL CIoU@0.3"],
+            harder["vggsound AVOL AUC"], harder["vggsound IEr CIoU@0.3"]) == ("`un-3-3-2`", "25.0", "31.0", "82.0",
+                                                                            "74.0")
+    hardest = row_of(table9, "(4, 4, 3)")
+    assert hardest["experiment"] == "`un-4-4-3` (not run: needs 11 classes)"
+    assert set(list(hardest.values())[2:]) == {MISSING}
+
+
+def test_markdown_names_the_commit_and_every_override():
+    markdown = ablations_markdown(make_run("main", 0.0), {})
+    assert "`main000" in markdown and "(main)" in markdown
+    overrides = {row["experiment"].strip("`"): row["overrides (`-S`)"] for row in tables(markdown)[""]}
+    assert overrides["no-aii"] == "`aii.enabled=false`"
+    assert overrides["un-4-4-3"] == "`synth.un.sounding=4` `synth.un.silent=4` `synth.un.offscreen=3`"
+    assert set(overrides) == {ablation.name for ablation in ABLATIONS}
+
+
+# --------------------------------------------------------------------------- reading `dvc exp show --json`
+
+
+def show_entry(rev: str, name: str | None, metrics: dict, error=None, **extra) -> dict:
+    files = {f"reports/{dataset}/metrics.json": {"data": data} for dataset, data in metrics.items()}
+    files["reports/music/stage1.json"] = {"data": {"nmi": 0.99}}  # another metric file: not a dataset's table
+    return {"rev": rev, "name": name, "error": error, "experiments": None,
+            "data": {"rev": rev, "params": {"params.yaml": {"data": {"cmr": {"epochs": 0}}}}, "metrics": files},
+            **extra}
+
+
+def test_parse_exp_show_reads_head_and_each_experiments_state():
+    def experiment(name, state, metrics, error=None):
+        return {"name": name, "revs": [show_entry(f"{name:x<40}", name, metrics, error)],
+                "executor": None if state is None else {"state": state, "local": {"log": f"/logs/{name}.out"}}}
+
+    show = [show_entry("workspace", None, {"music": {"un": {"auc": 0.9}}}),
+            show_entry("a" * 40, "main", {"music": {"un": {"auc": 0.1}}, "vggsound": {"un": {"auc": 0.2}}},
+                       experiments=[experiment("no-cmr", "success", {"music": {"un": {"auc": 0.3}}}),
+                                    experiment("no-aii", "failed", {"music": {"un": {"auc": 0.1}}},
+                                               error={"msg": "Experiment run failed", "type": ""}),
+                                    experiment("un-3-3-2", "queued", {}),
+                                    experiment("old", None, {"music": {"un": {"auc": 0.4}}}),
+                                    experiment("broken", None, {}, error={"msg": "Experiment run failed"})])]
+    baseline, experiments = parse_exp_show(show)
+    assert (baseline.name, baseline.rev, baseline.state) == ("main", "a" * 40, "success")
+    assert baseline.metrics == {"music": {"un": {"auc": 0.1}}, "vggsound": {"un": {"auc": 0.2}}}
+    assert {name: run.state for name, run in experiments.items()} == {
+        "no-cmr": "success", "no-aii": "failed", "un-3-3-2": "queued", "old": "success", "broken": "failed"}
+    assert experiments["no-cmr"].metrics == {"music": {"un": {"auc": 0.3}}}
+    assert experiments["no-cmr"].params == {"cmr": {"epochs": 0}}
+    assert experiments["no-aii"].log == "/logs/no-aii.out"
+    with pytest.raises(AblationError, match="no commit"):
+        parse_exp_show([show_entry("workspace", None, {})])
+
+
+# --------------------------------------------------------------------------- checks before running
+
+
+def test_select_and_overrides_name_what_is_wrong():
+    assert [ablation.name for ablation in select("no-cmr, un-3-3-2")] == ["no-cmr", "un-3-3-2"]
+    assert select(None) == list(ABLATIONS)
+    with pytest.raises(AblationError, match="unknown ablation no-such"):
+        select("no-cmr,no-such")
+    params = load_repo_params()
+    check_overrides(list(ABLATIONS), params)  # every override of the real list names a real key
+    del params["cmr"]["silent_filter"]
+    with pytest.raises(AblationError, match="no-silent-filter: cmr.silent_filter is not a key of params.yaml"):
+        check_overrides(list(ABLATIONS), params)
+
+
+def test_levels_needing_more_classes_than_a_toy_dataset_has_are_skipped():
+    params = load_repo_params()
+    params["datasets"]["music"]["toy"]["classes"] = params["datasets"]["music"]["toy"]["classes"][:8]
+    params["datasets"]["vggsound"]["toy"]["classes"] = ["dog"] * 11
+    assert unrunnable(list(ABLATIONS), params) == {
+        "un-4-4-3": "not run: needs 11 distinct classes, datasets.music.toy.classes has 8"}
+    params["datasets"]["music"]["source"] = "youtube"  # a real dataset's classes are not counted here
+    assert unrunnable(list(ABLATIONS), params) == {}
+
+
+def test_check_committed_allows_only_its_own_outputs_to_differ(tmp_path):
+    env = dvc_environment()
+    for name in ("params.yaml", "dvc.lock", "reports/ablations.md"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("a: 1\n")
+    run(["git", "init", "-q"], tmp_path, env)
+    run(["git", "add", "-A"], tmp_path, env)
+    run(["git", "commit", "-q", "-m", "x"], tmp_path, env)
+    (tmp_path / "dvc.lock").write_text("changed by the report refresh\n")
+    (tmp_path / "reports" / "ablations.md").write_text("a new table\n")
+    (tmp_path / "untracked.txt").write_text("not in git: not the experiments' business\n")
+    check_committed(tmp_path)
+    (tmp_path / "params.yaml").write_text("a: 2\n")
+    with pytest.raises(AblationError, match="uncommitted changes in params.yaml"):
+        check_committed(tmp_path)
+
+
+# --------------------------------------------------------------------------- the command under real DVC
+
+
+def experiment_in_show(show: list, name: str) -> list[dict]:
+    """Every experiment called `name` among HEAD's in `dvc exp show --json`, read without pipeline.ablations."""
+    head = next(entry for entry in show if entry["rev"] != "workspace")
+    return [experiment["revs"][0]["data"] for experiment in head["experiments"] or [] if experiment["name"] == name]
+
+
+def percent_of(data: dict, dataset: str, *keys: str) -> str:
+    value = data["metrics"][f"reports/{dataset}/metrics.json"]["data"]
+    for key in keys:
+        value = value[key]
+    return f"{100 * value:.1f}"
+
+
+@pytest.mark.slow
+def test_ablation_command_on_the_tiny_pipeline(tiny_repo):
+    env = dvc_environment()
+    params_before = (tiny_repo / "params.yaml").read_bytes()
+    # An experiment of that name from an earlier run (HEAD's params saved under it): the command replaces it.
+    run(DVC + ["exp", "save", "-n", "no-offscreen-filter"], tiny_repo, env)
+    command = [sys.executable, "-m", "pipeline.ablations", "--only", "no-offscreen-filter,un-3-3-2"]
+    run(command, tiny_repo, env, timeout=1200)
+
+    show = json.loads(run(DVC + ["exp", "show", "--json"], tiny_repo, env))
+    # One experiment of each name (unpacking fails on two), with the ablation's overrides
+    [no_filter], [level] = experiment_in_show(show, "no-offscreen-filter"), experiment_in_show(show, "un-3-3-2")
+    assert no_filter["params"]["params.yaml"]["data"]["cmr"]["offscreen_filter"] is False
+    assert level["params"]["params.yaml"]["data"]["synth"]["un"] == {"count": 16, "sounding": 3, "silent": 3,
+                                                                      "offscreen": 2}
+    found = tables((tiny_repo / "reports" / "ablations.md").read_text())
+    for dataset in ("music", "vggsound"):
+        row = row_of(found[f"Tables 3, 4 and 7: {dataset}"], "w/o off-screen noise filter")
+        for header, keys in {"Synthetic AUC": ("syn", "auc"), "Unconstrained CIoU@0.3": ("un", "ciou30"),
+                             "Unconstrained AUC": ("un", "auc"), "Unconstrained NSA": ("un", "nsa"),
+                             "Stage 1 NMI": ("stage1", "nmi")}.items():
+            assert row[header] == percent_of(no_filter, dataset, *keys), (dataset, header, row)
+        assert set(list(row_of(found[f"Tables 3, 4 and 7: {dataset}"], "w/o AII").values())[2:]) == {MISSING}
+        head = next(entry for entry in show if entry["rev"] != "workspace")["data"]
+        full = row_of(found[f"Tables 3, 4 and 7: {dataset}"], "IEr (full)")
+        assert (full["Unconstrained AUC"], full["Stage 1 NMI"]) == (percent_of(head, dataset, "un", "auc"),
+                                                                     percent_of(head, dataset, "stage1", "nmi"))
+        harder = row_of(found["Table 9: interference levels of the Unconstrained set"], "(3, 3, 2)")
+        assert harder[f"{dataset} IEr AUC"] == percent_of(level, dataset, "un", "auc")
+        assert harder[f"{dataset} AVOL CIoU@0.3"] == percent_of(level, dataset, "baselines", "avol", "un", "ciou30")
+    assert row_of(found["Tables 3, 4 and 7: music"], "w/o off-screen noise filter")["Duet AUC"] == percent_of(
+        no_filter, "music", "duet", "auc")
+    assert (tiny_repo / "params.yaml").read_bytes() == params_before  # nothing applied to the workspace
+    assert '<section id="ablations">' in (tiny_repo / "reports" / "index.html").read_text()  # the page shows it
+    assert "up to date" in run(DVC + ["status"], tiny_repo, env)  # ... through DVC: dvc.lock knows the new page
+
+
+def test_ablation_command_fails_in_one_line_on_uncommitted_params(tmp_path):
+    env = dvc_environment()
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    run(["git", "init", "-q"], tmp_path, env)
+    run(["git", "add", "-A"], tmp_path, env)
+    run(["git", "commit", "-q", "-m", "params"], tmp_path, env)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text() + "\n# edited\n")
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run([sys.executable, "-m", "pipeline.ablations", "--only", "no-cmr"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "ablations: error: uncommitted changes in params.yaml: commit them first, so that the experiments and the "
+        "full IEr row (HEAD) share one baseline"]
+
+
+# --------------------------------------------------------------------------- the DVC queue, on a one-stage pipeline
+
+ONE_STAGE = {
+    "params.yaml": "a: 1\nok: true\n",
+    "stage.py": ("import json, sys, yaml\nparams = yaml.safe_load(open('params.yaml'))\n"
+                 "sys.exit('stage: refused') if not params['ok'] else None\n"
+                 "json.dump({'un': {'auc': params['a'] / 10}}, open('reports/music/metrics.json', 'w'))\n"),
+    "dvc.yaml": ("stages:\n  s:\n    cmd: python stage.py\n    deps: [stage.py]\n    params: [a, ok]\n"
+                 "    metrics:\n      - reports/music/metrics.json:\n          cache: false\n"),
+}
+
+
+@pytest.mark.slow
+def test_run_experiments_replaces_same_names_and_reports_failures(tmp_path, monkeypatch):
+    """The queue mechanics on a one-stage pipeline (seconds, not minutes): a failing experiment is named with its
+    log's error, a rerun replaces the experiment of the same name, the workspace params stay as they were."""
+    env = dvc_environment()
+    monkeypatch.setenv("PATH", env["PATH"])  # the queue's workers run `dvc` and the stage `python` from PATH
+    for name, text in ONE_STAGE.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "reports" / "music").mkdir(parents=True)
+    run(["git", "init", "-q"], tmp_path, env)
+    run(DVC + ["init", "-q"], tmp_path, env)
+    run(DVC + ["repro", "-q"], tmp_path, env)
+    run(["git", "add", "-A"], tmp_path, env)
+    run(["git", "commit", "-q", "-m", "one stage"], tmp_path, env)
+    good, bad = Ablation("good", "good", ("a=3",), COMPONENTS), Ablation("bad", "bad", ("ok=false",), COMPONENTS)
+
+    failed = run_experiments(tmp_path, [good, bad])
+    assert len(failed) == 1 and failed[0].startswith("bad failed (ERROR: failed to reproduce 's'"), failed
+    assert failed[0].endswith("its log: `dvc queue logs bad`")
+    baseline, experiments = exp_show(tmp_path)
+    assert experiments["good"].metrics == {"music": {"un": {"auc": 0.3}}}
+    assert baseline.metrics == {"music": {"un": {"auc": 0.1}}}
+
+    # Same names again, `good` now with another value: one experiment per name, the new one.
+    assert run_experiments(tmp_path, [Ablation("good", "good", ("a=5",), COMPONENTS), bad])[0].startswith("bad")
+    show = json.loads(run(DVC + ["exp", "show", "--json"], tmp_path, env))
+    assert [len(experiment_in_show(show, name)) for name in ("good", "bad")] == [1, 1]
+    assert exp_show(tmp_path)[1]["good"].metrics == {"music": {"un": {"auc": 0.5}}}
+    assert (tmp_path / "params.yaml").read_text() == ONE_STAGE["params.yaml"]
