@@ -186,6 +186,7 @@ class Stage1:
     negatives: Literal["roll", "all"]  # Eq. 1 negatives: the next clip's audio, or every other video's in the batch
     flip: bool = knob()  # random horizontal flips of the training images
     crop_scale: float = knob(lo=0.1, hi=1.0)  # random square crops of at least this share of the side (1: none)
+    canvas: int = knob(lo=1, hi=4)  # Eq. 1 images are canvas x canvas grids of clips (1: each clip alone)
     eval_mixtures: int = knob(lo=1)  # test mixtures of 2..4 clips for the multi-label metrics
     device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
 

@@ -137,7 +137,8 @@ def resize_map(heatmap: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
     return rows[:, col_lo] * (1 - col_w)[None, :] + rows[:, col_hi] * col_w[None, :]
 
 
-def class_maps(cluster_maps: np.ndarray, cluster_classes: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+def class_maps(cluster_maps: np.ndarray, cluster_classes: Sequence[str], classes: Sequence[str],
+               scale: float = DSOL_SOFTMAX_SCALE) -> np.ndarray:
     """Per-class probability maps (C, h, w) from per-pseudo-class (cluster) maps (K, h, w), as DSOL does.
 
     DSOL (music-exp/test_stage_two.py, eval.py) first takes a softmax of 3 x the raw maps over the cluster
@@ -146,6 +147,10 @@ def class_maps(cluster_maps: np.ndarray, cluster_classes: Sequence[str], classes
     Consequences: a class with no cluster gets an all-zero map (not a share of the softmax); a cluster whose
     class is "" (no majority class) still competes in the softmax but adds to no class; the class maps sum
     to at most 1 at every pixel.
+
+    `scale` is the softmax's factor: DSOL's 3 for its logit-scale maps. Maps of probabilities P_k go in as
+    log P_k with scale 1, and the softmax is then P_k / sum_j P_j: the same normalisation across classes
+    (softmax(3 P) of values in [0, 1] differs by at most e^3 between classes and is nearly uniform).
 
     cluster_maps: raw (pre-softmax) maps, one per cluster. cluster_classes: each cluster's true class by
     majority vote, "" for none. classes: the output order. Raises ValueError when the lengths differ or a
@@ -159,7 +164,7 @@ def class_maps(cluster_maps: np.ndarray, cluster_classes: Sequence[str], classes
     unknown = sorted({name for name in cluster_classes if name and name not in classes})
     if unknown:
         raise ValueError(f"clusters map to classes not in `classes`: {unknown}")
-    logits = DSOL_SOFTMAX_SCALE * cluster_maps
+    logits = scale * cluster_maps
     exp = np.exp(logits - logits.max(axis=0, keepdims=True))  # shift by the max so exp cannot overflow
     probabilities = exp / exp.sum(axis=0, keepdims=True)
     per_class = np.zeros((len(classes), *cluster_maps.shape[1:]))

@@ -15,9 +15,9 @@ def test_correspondence_loss_eq1():
     # Positive 0.8 vs target 1: -ln 0.8; negative 0.3 vs target 0: -ln(1 - 0.3) = -ln 0.7; mean of both.
     loss = correspondence_loss(torch.tensor([0.8]), torch.tensor([0.3]))
     assert math.isclose(loss.item(), (-LN(0.8) - LN(0.7)) / 2, rel_tol=1e-6)  # 0.28991
-    # Two negatives per positive: the mean runs over all three pairs.
+    # Two negatives per positive: positives and negatives weigh half each, not a third each.
     loss = correspondence_loss(torch.tensor([0.9]), torch.tensor([[0.2, 0.4]]))
-    assert math.isclose(loss.item(), (-LN(0.9) - LN(0.8) - LN(0.6)) / 3, rel_tol=1e-6)
+    assert math.isclose(loss.item(), -LN(0.9) / 2 + (-LN(0.8) - LN(0.6)) / 4, rel_tol=1e-6)  # 0.2328
 
 
 def test_single_source_loss_eq8_is_the_mean_over_prototypes():

@@ -191,6 +191,17 @@ def test_class_maps_scale_is_three():
     assert maps[1, 0, 0] == pytest.approx(math.e ** 3 / (1 + math.e ** 3), rel=1e-12)
 
 
+def test_class_maps_of_probability_maps_in_log_space_normalise_across_classes():
+    # IEr's maps are probabilities: passed as logs with scale 1, each pixel's map values are divided by their sum.
+    probabilities = np.array([[[0.6, 0.1]], [[0.2, 0.1]], [[0.2, 0.0001]]])
+    maps = class_maps(np.log(probabilities), ["a", "b", "a"], ["a", "b"], scale=1.0)
+    np.testing.assert_allclose(maps[0, 0], [0.8, 0.1001 / 0.2001], rtol=1e-12)
+    np.testing.assert_allclose(maps[1, 0], [0.2, 0.1 / 0.2001], rtol=1e-12)
+    # softmax(3 x) of the same probabilities would be nearly flat: 0.6 against 0.2 gives only e^1.2 = 3.3x
+    flat = class_maps(probabilities, ["a", "b", "c"], ["a", "b", "c"])
+    assert flat[0, 0, 0] == pytest.approx(math.exp(1.8) / (math.exp(1.8) + 2 * math.exp(0.6)), rel=1e-12)
+
+
 def test_class_maps_large_values_do_not_overflow():
     maps = class_maps(np.array([[[1000.0]], [[999.0]]]), ["a", "b"], ["a", "b"])
     assert np.all(np.isfinite(maps))

@@ -19,7 +19,7 @@ import yaml
 from pipeline.features import LogMel, array_column, array_field
 from pipeline.shards import ShardWriter
 from pipeline.train.losses import multi_hot
-from pipeline.train.stage1 import aii_labels, mixture_logmels
+from pipeline.train.stage1 import aii_labels, from_canvases, mixture_logmels, to_canvases
 from tests.conftest import load_repo_params, stage_environment
 
 LOGMEL_SETTINGS = dict(sample_rate=16000, n_mels=64, f_max=8000.0, win_length=160, hop_length=80,
@@ -225,3 +225,28 @@ def test_aii_labels_are_the_pseudo_classes_of_the_members():
     assert labels.tolist() == [[1, -1, -1], [2, -1, -1], [3, 0, 1], [0, 2, 3]]
     # the BCE targets: one-hot for single clips, the members' classes for mixtures
     assert multi_hot(labels, 4).tolist() == [[0, 1, 0, 0], [0, 0, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1]]
+
+
+def test_canvases_tile_clips_row_major_and_maps_split_back_per_clip():
+    images = torch.arange(8 * 3 * 4 * 4, dtype=torch.float32).reshape(8, 3, 4, 4)
+    canvases = to_canvases(images, 2)
+    assert canvases.shape == (2, 3, 8, 8)
+    # canvas 1 holds clips 4..7: 4 top left, 5 top right, 6 bottom left, 7 bottom right
+    assert torch.equal(canvases[1, :, :4, :4], images[4]) and torch.equal(canvases[1, :, :4, 4:], images[5])
+    assert torch.equal(canvases[1, :, 4:, :4], images[6]) and torch.equal(canvases[1, :, 4:, 4:], images[7])
+    # a feature map at a quarter of the canvas's resolution splits into each clip's own quarter
+    feature_map = torch.nn.functional.avg_pool2d(canvases, 2)
+    per_clip = from_canvases(feature_map, 2)
+    assert per_clip.shape == (8, 3, 2, 2)
+    torch.testing.assert_close(per_clip, torch.nn.functional.avg_pool2d(images, 2))
+    assert torch.equal(from_canvases(canvases, 2), images)
+
+
+def test_a_batch_that_does_not_fill_the_canvases_is_one_line(tmp_path, repo_params_module, module_env):
+    params = tiny_params(repo_params_module, 1, 0)
+    params["stage1"].update(batch_size=6, canvas=2)
+    workdir = make_workdir(tmp_path, params)
+    run = subprocess.run(stage_command(), cwd=workdir, env=module_env, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        "stage1@tiny: error: stage1.batch_size = 6 does not fill canvases of stage1.canvas^2 = 4 clips")

@@ -17,7 +17,7 @@ from tests.conftest import load_repo_params
 
 LOGMEL_SETTINGS = dict(sample_rate=16000, n_mels=64, f_max=8000.0, win_length=160, hop_length=80,
                        n_fft=1024, top_db=80.0)
-SAMPLES, SIDE, BATCH = 4000, 32, 6
+SAMPLES, SIDE, BATCH = 4000, 32, 8  # 8: two 2x2 canvases (stage1.canvas)
 
 
 def tiny_settings() -> tuple[Model, Stage1, Aii]:

@@ -23,12 +23,14 @@ def correspondence_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch
     0 for an image with the audio of another video.
 
     positive, negative: probabilities of any shapes (the sampler decides how many negatives each
-    positive gets; DSOL uses one). The loss is the mean over all pairs given, positive and negative.
+    positive gets; DSOL uses one). Positives and negatives weigh half each: the mean BCE of the
+    positives plus that of the negatives, halved. With one negative per positive this is the plain
+    mean over all pairs (the paper's 1:1 sampling); with every other video's audio as negatives
+    (B - 1 per positive) a plain mean would let "no match anywhere" win (docs/decisions.md).
     """
-    probabilities = torch.cat([positive.reshape(-1), negative.reshape(-1)])
-    targets = torch.cat([torch.ones(positive.numel(), device=positive.device),
-                         torch.zeros(negative.numel(), device=negative.device)])
-    return _bce(probabilities, targets)
+    ones = torch.ones(positive.numel(), device=positive.device)
+    zeros = torch.zeros(negative.numel(), device=negative.device)
+    return 0.5 * _bce(positive.reshape(-1), ones) + 0.5 * _bce(negative.reshape(-1), zeros)
 
 
 def _check_labels(labels: torch.Tensor, num_prototypes: int, allow_padding: bool) -> None:

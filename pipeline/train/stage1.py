@@ -6,7 +6,10 @@ Three phases, one epoch counter:
 1. Correspondence (Eq. 1), `stage1.av_epochs` epochs on `train_single`: an image with its own
    clip's log-mel is a positive, with the log-mel of the next clip of the batch (the batch rolled by
    one, or with `stage1.negatives: all` every other video's clip in the batch; pairs from the same
-   video left out) a negative; BCE on the max-pooled head score.
+   video left out) a negative; BCE on the max-pooled head score. With `stage1.canvas: 2` the images
+   enter the visual net as 2x2 canvases of four clips and each clip's map is its tile of the
+   canvas's map: the other tiles are other videos, so a map that spreads a clip's sound over the
+   whole canvas scores as a false match (docs/decisions.md, "Canvases for Eq. 1").
 2. Clustering, after the last correspondence epoch: the object feature of every `train_single`
    clip (f^v pooled where the image's map with its own audio is high) goes into faiss k-means;
    the centroids are the visual prototypes P^v and each clip's cluster its pseudo-class.
@@ -140,6 +143,20 @@ def prepare_images(images: torch.Tensor, image_size: int, device: torch.device, 
     std = torch.tensor(IMAGE_STD, device=device)[:, None, None]
     images = (images - mean) / std
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def to_canvases(images: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, 3, S, S) -> (B / grid^2, 3, grid S, grid S): consecutive rows tiled row-major into canvases."""
+    batch, channels, size, _ = images.shape
+    tiles = images.reshape(batch // grid**2, grid, grid, channels, size, size)
+    return tiles.permute(0, 3, 1, 4, 2, 5).reshape(batch // grid**2, channels, grid * size, grid * size)
+
+
+def from_canvases(feature_map: torch.Tensor, grid: int) -> torch.Tensor:
+    """The inverse of to_canvases on a feature map: (N, D, grid h, grid w) -> (N grid^2, D, h, w)."""
+    count, channels, height, width = feature_map.shape
+    tiles = feature_map.reshape(count, channels, grid, height // grid, grid, width // grid)
+    return tiles.permute(0, 2, 4, 1, 3, 5).reshape(count * grid**2, channels, height // grid, width // grid)
 
 
 def prepare_logmel(log_mel: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -333,6 +350,9 @@ class TrainStep:
         flip = rng.random(batch_size) < 0.5 if self.stage1_params.flip else None
         images = prepare_images(batch["image"], self.model_params.image_size, self.device, self.channels_last,
                                 flip, self.stage1_params.crop_scale, rng)
+        grid = self.stage1_params.canvas
+        if grid > 1:
+            images = to_canvases(images, grid)
         audio_input, aii_rows, plan, mixtures = batch["logmel"], None, None, 0
         if self.in_aii:
             mixtures = round(self.share * batch_size)
@@ -345,6 +365,8 @@ class TrainStep:
         log_mels = prepare_logmel(audio_input, self.device, self.channels_last)
         with autocast(self.device):
             visual, audio, expanded = self.trainer(images, log_mels, aii_rows)
+        if grid > 1:
+            visual = from_canvases(visual, grid)
         loss_av = av_loss(self.model, visual, audio.embedding[:batch_size], batch["video_id"],
                           self.stage1_params.negatives)
         losses = {"av_loss": loss_av}
@@ -504,6 +526,9 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
     train = read_split(train_dir)
     if len(set(train.video_ids)) < 2:
         raise StageError(f"{train_dir}: clips of {len(set(train.video_ids))} video(s); negatives need at least 2")
+    if stage1_params.batch_size % stage1_params.canvas**2:
+        raise StageError(f"stage1.batch_size = {stage1_params.batch_size} does not fill canvases of "
+                         f"stage1.canvas^2 = {stage1_params.canvas**2} clips")
     if len(train.classes) < clusters:
         raise StageError(f"{train_dir}: {len(train.classes)} clips cannot make stage1.clusters = {clusters} clusters")
 
