@@ -7,9 +7,10 @@
 - syn, un, duet (where synth made them): the class-aware maps, IoU per sounding class with that
   class's boxes, CIoU = their mean (Eq. 7): ciou30 and auc; NSA of the classes that are not sounding.
   IEr: the stage-2 model's L^av_k of every pseudo-class (with the silent filter as stage 2 was
-  trained), turned into class maps as DSOL does (normalised across the clusters, then summed per
-  class by the cluster -> class map, `pipeline.metrics.class_maps`; DSOL's softmax of 3 x its
-  logit-scale maps becomes L^av_k / sum_j L^av_j for IEr's probability maps, docs/decisions.md).
+  trained), turned into class maps as DSOL does (a softmax across the clusters of the logit-scale
+  maps, then summed per class by the cluster -> class map, `pipeline.metrics.class_maps`). L^av_k's
+  logit form is the sum of its two factors' logits (the log of their odds product), and the softmax
+  runs on it with scale 1 (DSOL's 3 was for its own head's logits; docs/decisions.md).
   AVOL ("Objects that sound"): the stage-1 map of the image with the whole (mixed) audio, min-max
   normalised, the same map for every class (no softmax over classes: identical maps would become
   uniform, docs/decisions.md).
@@ -43,7 +44,6 @@ from pipeline.train.stage1 import autocast, pick_device, prepare_images, prepare
 from pipeline.train.stage2 import Trained, load_trained, stage2_forward
 
 CLASS_AWARE_SETS = ("syn", "un", "duet")
-LOG_FLOOR = 1e-30  # maps of 0 (float underflow of a product of sigmoids) still get a finite log
 
 
 class EvaluatePaths(NamedTuple):
@@ -122,13 +122,14 @@ def evaluate_class_aware(name: str, folder: Path, ier: Trained, avol: Trained, c
             maps, heard = stage2_forward(ier.model, ier.model.head, images, log_mels, ier.visual_prototypes.to(device),
                                          ier.audio_prototypes.to(device), model_params, silent_filter)
             avol_maps = correspondence_maps(avol, images, log_mels)
-        # L^av_k are probabilities: the softmax over clusters runs on their logs, i.e. L^av_k / sum_j L^av_j.
-        log_maps = np.log(np.maximum(maps.audio_visual.float().cpu().numpy(), LOG_FLOOR))
+        # DSOL softmaxes its maps over the clusters on the logit scale; L^av_k's logit form is the sum of its
+        # factors' logits (pipeline.train.referrer.class_aware_maps), so the softmax normalises their odds product.
+        logit_maps = maps.audio_visual_logit.float().cpu().numpy()
         heard = heard.float().cpu().numpy()
         for row, sample_id in enumerate(batch["sample_id"]):
             objects, sounding = batch["objects"][row], list(batch["sounding"][row])
             boxes = {label: sounding_boxes(objects, label) for label in sounding}
-            per_class = dict(zip(classes, class_maps(log_maps[row], ier.cluster_to_class, classes, scale=1.0)))
+            per_class = dict(zip(classes, class_maps(logit_maps[row], ier.cluster_to_class, classes, scale=1.0)))
             avol_per_class = {label: avol_maps[row] for label in classes}
             for method, method_maps in (("ier", per_class), ("avol", avol_per_class)):
                 value = class_aware_iou(method_maps, boxes, sounding, threshold, params.map_size)

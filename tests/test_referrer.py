@@ -29,6 +29,11 @@ def maps_tensor(rows: list[list[list[float]]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)[:, :, None, :]
 
 
+def probability_maps(audio_visual: torch.Tensor, visual: torch.Tensor) -> ClassMaps:
+    """ClassMaps from the two probability maps (distributions reads only those; the logit form follows them)."""
+    return ClassMaps(audio_visual, visual, torch.logit(audio_visual, eps=1e-6))
+
+
 # --------------------------------------------------------------------------- symmetric_kl (Eq. 6)
 
 # p = [0.5, 0.5], q = [0.9, 0.1]:
@@ -118,6 +123,23 @@ def test_class_aware_maps_without_silent_filter_is_the_audio_map_alone():
     torch.testing.assert_close(maps.visual, maps_tensor(EXPECTED_VISUAL))  # L^v is still returned
 
 
+def test_class_aware_maps_logit_form_is_the_sum_of_the_factors_logits():
+    # logits with scale 2, bias 0: visual 2 cos(f^v, P_k) = [[2, 0], [1.2, 1.6]]; audio 2 cos(f^v, F_k) = [[0, 2], [-2, 0]]
+    # with the filter: their sum [[2, 2], [-0.8, 1.6]]; without: the audio logits alone
+    filtered = class_aware_maps(CorrespondenceHead(SCALE, 0.0), VISUAL, EXPANDED, VISUAL_PROTOTYPES, silent_filter=True)
+    torch.testing.assert_close(filtered.audio_visual_logit, maps_tensor([[[2.0, 2.0], [-0.8, 1.6]]]))
+    alone = class_aware_maps(CorrespondenceHead(SCALE, 0.0), VISUAL, EXPANDED, VISUAL_PROTOTYPES, silent_filter=False)
+    torch.testing.assert_close(alone.audio_visual_logit, maps_tensor([[[0.0, 2.0], [-2.0, 0.0]]]))
+    # the logit is log(odds product): exp(logit) = prod of p / (1 - p) over the factors
+    odds = EXPECTED_FILTERED[0][1][0] / (1 - sigma(-2.0)) / (1 - sigma(1.2))
+    assert math.exp(filtered.audio_visual_logit[0, 1, 0, 0].item()) == pytest.approx(odds, rel=1e-5)
+    # a softmax over the classes of the logit form tells apart maps whose probabilities are both near 1
+    near_one = class_aware_maps(CorrespondenceHead(20.0, 0.0), VISUAL, EXPANDED, VISUAL_PROTOTYPES, silent_filter=False)
+    assert near_one.audio_visual[0, 0, 0, 1].item() > 0.999999  # sigma(20): the probability saturates
+    shares = torch.softmax(near_one.audio_visual_logit[0, :, 0, 1], dim=0)
+    assert shares[0].item() == pytest.approx(1 / (1 + math.exp(-20.0)), rel=1e-6)  # logits 20 vs 0
+
+
 def test_class_aware_maps_pairs_each_image_with_its_own_expanded_features_and_shared_prototypes():
     # two copies of the same image; image 2's F^a has its two vectors swapped.
     visual = VISUAL.repeat(2, 1, 1, 1)
@@ -144,7 +166,7 @@ def test_visual_guided_distribution_is_softmax_of_gap_over_temperature():
     # L^av_0 = [0.2, 0.4] -> GAP 0.3;  L^av_1 = [0.6, 1.0] -> GAP 0.8
     # temperature 0.5: logits [0.6, 1.6] -> p^va = [1 / (1 + e), e / (1 + e)] = [0.268941, 0.731059]
     audio_visual = maps_tensor([[[0.2, 0.4], [0.6, 1.0]]])
-    maps = ClassMaps(audio_visual, torch.full_like(audio_visual, 0.5))
+    maps = probability_maps(audio_visual, torch.full_like(audio_visual, 0.5))
     result = distributions(maps, torch.tensor([[0.5, 0.5]]), offscreen_filter=True, temperature=0.5)
     assert isinstance(result, Distributions)
     expected = [1 / (1 + math.e), math.e / (1 + math.e)]
@@ -157,9 +179,9 @@ def test_visual_guided_distribution_is_softmax_of_gap_over_temperature():
 
 def test_visual_guided_distribution_does_not_depend_on_the_visual_maps_or_the_audio():
     audio_visual = maps_tensor([[[0.2, 0.4], [0.6, 1.0]]])
-    one = distributions(ClassMaps(audio_visual, torch.zeros_like(audio_visual)), torch.tensor([[0.9, 0.1]]),
+    one = distributions(probability_maps(audio_visual, torch.zeros_like(audio_visual)), torch.tensor([[0.9, 0.1]]),
                         offscreen_filter=True, temperature=0.5)
-    two = distributions(ClassMaps(audio_visual, maps_tensor([[[0.9, 0.0], [0.1, 0.7]]])), torch.tensor([[0.1, 0.9]]),
+    two = distributions(probability_maps(audio_visual, maps_tensor([[[0.9, 0.0], [0.1, 0.7]]])), torch.tensor([[0.1, 0.9]]),
                         offscreen_filter=False, temperature=0.5)
     torch.testing.assert_close(one.visual_guided, two.visual_guided)
 
@@ -177,7 +199,7 @@ OFFSCREEN_AV = maps_tensor([[[0.3, 0.1], [0.5, 0.6], [0.05, 0.1]]])
 
 
 def test_offscreen_filter_drops_a_class_heard_but_not_seen():
-    maps = ClassMaps(OFFSCREEN_AV, OFFSCREEN_VISUAL)
+    maps = probability_maps(OFFSCREEN_AV, OFFSCREEN_VISUAL)
     result = distributions(maps, OFFSCREEN_HEARD, offscreen_filter=True, temperature=0.5)
     expected = softmax([(5 / 9) / 0.5, (4 / 9) / 0.5, 0.0])
     assert result.audio_guided[0].tolist() == pytest.approx(expected, abs=1e-6)
@@ -189,13 +211,13 @@ def test_offscreen_filter_drops_a_class_heard_but_not_seen():
 
 def test_without_offscreen_filter_an_unseen_class_keeps_its_audio_share():
     # p^a / sum p^a = [0.5, 0.2, 0.99] / 1.69, then softmax of that / 0.5
-    maps = ClassMaps(OFFSCREEN_AV, OFFSCREEN_VISUAL)
+    maps = probability_maps(OFFSCREEN_AV, OFFSCREEN_VISUAL)
     result = distributions(maps, OFFSCREEN_HEARD, offscreen_filter=False, temperature=0.5)
     expected = softmax([0.5 / 1.69 / 0.5, 0.2 / 1.69 / 0.5, 0.99 / 1.69 / 0.5])
     assert result.audio_guided[0].tolist() == pytest.approx(expected, abs=1e-6)
     assert result.audio_guided[0].argmax().item() == 2
     # and the visual maps do not matter then
-    other = distributions(ClassMaps(OFFSCREEN_AV, torch.zeros_like(OFFSCREEN_VISUAL)), OFFSCREEN_HEARD,
+    other = distributions(probability_maps(OFFSCREEN_AV, torch.zeros_like(OFFSCREEN_VISUAL)), OFFSCREEN_HEARD,
                           offscreen_filter=False, temperature=0.5)
     torch.testing.assert_close(other.audio_guided, result.audio_guided)
 
@@ -210,7 +232,7 @@ def test_offscreen_threshold_is_the_mean_over_the_whole_batch_not_per_image():
     #            (a per-image eps of 0.25 would see class 0 and give softmax([1, 0]) instead)
     visual = maps_tensor([[[0.9, 0.9], [0.9, 0.1]], [[0.3, 0.4], [0.2, 0.1]]])
     heard = torch.tensor([[0.6, 0.3], [0.9, 0.1]])
-    result = distributions(ClassMaps(visual.clone(), visual), heard, offscreen_filter=True, temperature=1.0)
+    result = distributions(probability_maps(visual.clone(), visual), heard, offscreen_filter=True, temperature=1.0)
     assert result.audio_guided[0].tolist() == pytest.approx([sigma(0.6), sigma(-0.6)], abs=1e-6)
     assert result.audio_guided[1].tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
     assert torch.isfinite(result.audio_guided).all()
@@ -220,7 +242,7 @@ def test_offscreen_mask_is_strictly_above_eps():
     # all maps equal 0.5: eps = 0.5 and no position is > eps -> every share 0 -> uniform p^av,
     # although p^a strongly prefers class 0
     visual = torch.full((1, 3, 1, 2), 0.5)
-    result = distributions(ClassMaps(visual.clone(), visual), torch.tensor([[0.95, 0.02, 0.03]]),
+    result = distributions(probability_maps(visual.clone(), visual), torch.tensor([[0.95, 0.02, 0.03]]),
                            offscreen_filter=True, temperature=0.1)
     assert result.audio_guided[0].tolist() == pytest.approx([1 / 3] * 3, abs=1e-6)
 
@@ -231,7 +253,7 @@ def test_distributions_rows_sum_to_one(offscreen_filter):
     audio_visual = torch.rand(4, 5, 3, 3, generator=generator)
     visual = torch.rand(4, 5, 3, 3, generator=generator)
     heard = torch.rand(4, 5, generator=generator)
-    result = distributions(ClassMaps(audio_visual, visual), heard, offscreen_filter, temperature=0.1)
+    result = distributions(probability_maps(audio_visual, visual), heard, offscreen_filter, temperature=0.1)
     for distribution in result:
         assert distribution.shape == (4, 5)
         assert (distribution >= 0).all()

@@ -156,10 +156,14 @@ class CorrespondenceHead(nn.Module):
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
-    def forward(self, cosine_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, cosine_map: torch.Tensor) -> torch.Tensor:
+        """The map before the sigmoid, scale * l + bias, float32 (the logit scale DSOL's class maps use)."""
         with _no_autocast(cosine_map):
-            probability_map = torch.sigmoid(self.scale * cosine_map.float() + self.bias)
-            return probability_map.flatten(-2).amax(dim=-1), probability_map
+            return self.scale * cosine_map.float() + self.bias
+
+    def forward(self, cosine_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probability_map = torch.sigmoid(self.logits(cosine_map))
+        return probability_map.flatten(-2).amax(dim=-1), probability_map
 
 
 class AudioInstanceIdentifier(nn.Module):

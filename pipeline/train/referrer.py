@@ -29,6 +29,7 @@ from pipeline.models.ier import CorrespondenceHead, localization_map, localizati
 class ClassMaps(NamedTuple):
     audio_visual: torch.Tensor  # L^av (B, K, h, w): the class-aware maps, the system's output
     visual: torch.Tensor  # L^v (B, K, h, w): where each prototype's object is seen
+    audio_visual_logit: torch.Tensor  # L^av on the logit scale (B, K, h, w): what evaluation softmaxes over K
 
 
 def class_aware_maps(head: CorrespondenceHead, visual: torch.Tensor, expanded: torch.Tensor,
@@ -37,12 +38,18 @@ def class_aware_maps(head: CorrespondenceHead, visual: torch.Tensor, expanded: t
 
     visual f^v (B, D, h, w); expanded F^a (B, K, D); visual_prototypes P^v (K, D). With
     `silent_filter` off (the ablation) L^av_k = l(f^v, F^a_k) alone.
+
+    The logit form of L^av_k is the sum of its factors' logits, i.e. the log of the product of their
+    odds: the same soft "and" as the product of probabilities, without the saturation of log(sigmoid)
+    at the high end, where classes must be told apart (evaluation, docs/decisions.md).
     """
-    _, visual_maps = head(localization_map_pairs(visual, visual_prototypes))  # (B, K, h, w)
-    _, audio_visual = head(localization_map(visual, expanded))  # (B, K, h, w)
+    visual_logits = head.logits(localization_map_pairs(visual, visual_prototypes))  # (B, K, h, w)
+    audio_visual_logits = head.logits(localization_map(visual, expanded))  # (B, K, h, w)
+    visual_maps, audio_visual = torch.sigmoid(visual_logits), torch.sigmoid(audio_visual_logits)
     if silent_filter:
         audio_visual = audio_visual * visual_maps
-    return ClassMaps(audio_visual, visual_maps)
+        audio_visual_logits = audio_visual_logits + visual_logits
+    return ClassMaps(audio_visual, visual_maps, audio_visual_logits)
 
 
 class Distributions(NamedTuple):
