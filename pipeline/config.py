@@ -179,9 +179,12 @@ class Stage1:
     lr: float = knob(lo=0.0, hi=1.0)  # AdamW learning rate
     weight_decay: float = knob(lo=0.0, hi=1.0)  # AdamW weight decay
     av_epochs: int = knob(lo=1)  # epochs of the correspondence phase (Eq. 1) before clustering
+    class_epochs: int = knob(lo=0)  # DSOL's cluster-classify alternation after Eq. 1's phase (0: cluster once)
+    class_weight: float = knob(lo=0.0)  # weight of the pseudo-class cross-entropies next to Eq. 1 in those epochs
     clusters: int = knob(lo=2)  # K of the visual k-means (more than the true classes)
     kmeans_niter: int = knob(lo=1)  # k-means iterations
     kmeans_init: Literal["k-means++", "random"]  # k-means seeding
+    cluster_features: Literal["visual", "audiovisual"]  # what k-means sees: object f^v, or object f^v with f^a
     object_ratio: float = knob(lo=0.0, hi=1.0)  # object pooling: positions this far from min to max of the map
     negatives: Literal["roll", "all"]  # Eq. 1 negatives: the next clip's audio, or every other video's in the batch
     flip: bool = knob()  # random horizontal flips of the training images

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipeline.train.losses import correspondence_loss, mixture_loss, multi_hot, single_source_loss
+from pipeline.train.losses import correspondence_loss, mixture_loss, multi_hot, pseudo_class_loss, single_source_loss
 
 LN = math.log
 
@@ -77,3 +77,18 @@ def test_losses_accept_bf16_inputs_under_autocast():
         loss = correspondence_loss(positive, negative)
     assert loss.dtype == torch.float32
     assert math.isclose(loss.item(), -LN(0.75), rel_tol=1e-6)  # 0.75 and 0.25 are exact in bf16
+
+
+def test_pseudo_class_loss_is_cross_entropy_over_cosines_to_the_centroids():
+    # f = (1, 0); P_0 = (2, 0) (cos 1), P_1 = (0, 3) (cos 0); tau 0.5: logits (2, 0).
+    # label 0: -ln(e^2 / (e^2 + 1)) = ln(1 + e^-2) = 0.12693; label 1: ln(1 + e^2) = 2.12693.
+    features = torch.tensor([[1.0, 0.0], [4.0, 0.0]])  # the second row is the first scaled: the cosine ignores length
+    prototypes = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    loss = pseudo_class_loss(features, prototypes, torch.tensor([0, 1]), temperature=0.5)
+    assert math.isclose(loss.item(), (LN(1 + math.exp(-2)) + LN(1 + math.exp(2))) / 2, rel_tol=1e-6)  # 1.12693
+    assert math.isclose(pseudo_class_loss(features[:1], prototypes, torch.tensor([0]), 0.5).item(),
+                        LN(1 + math.exp(-2)), rel_tol=1e-6)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        pseudo_class_loss(features, prototypes, torch.tensor([0, 2]), 0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        pseudo_class_loss(features, prototypes, torch.tensor([0, 1]), 0.0)

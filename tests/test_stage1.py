@@ -19,8 +19,9 @@ import yaml
 from pipeline.features import LogMel, array_column, array_field
 from pipeline.shards import ShardWriter
 from pipeline.train.losses import multi_hot
-from pipeline.train.stage1 import aii_labels, from_canvases, mixture_logmels, to_canvases
-from tests.conftest import load_repo_params, stage_environment
+from pipeline.config import load_params
+from pipeline.train.stage1 import Stage1Model, TrainStep, aii_labels, from_canvases, mixture_logmels, to_canvases
+from tests.conftest import REPO, load_repo_params, replace, stage_environment
 
 LOGMEL_SETTINGS = dict(sample_rate=16000, n_mels=64, f_max=8000.0, win_length=160, hop_length=80,
                        n_fft=1024, top_db=80.0)
@@ -65,11 +66,11 @@ def make_split(folder: Path, videos_per_class: int, clips_per_video: int, seed: 
         writer.write(table)
 
 
-def tiny_params(repo_params: dict, av_epochs: int, aii_epochs: int) -> dict:
+def tiny_params(repo_params: dict, av_epochs: int, aii_epochs: int, class_epochs: int = 0) -> dict:
     params = copy.deepcopy(repo_params)
     params["model"].update(width=4, dim=16, hidden=16, image_size=SIDE)
-    params["stage1"].update(batch_size=8, av_epochs=av_epochs, clusters=5, kmeans_niter=5, eval_mixtures=12,
-                            device="cpu")
+    params["stage1"].update(batch_size=8, av_epochs=av_epochs, class_epochs=class_epochs, clusters=5,
+                            kmeans_niter=5, eval_mixtures=12, device="cpu")
     params["aii"].update(epochs=aii_epochs)
     return params
 
@@ -108,8 +109,9 @@ def repo_params_module() -> dict:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, repo_params_module, module_env) -> Path:
-    """An uninterrupted run of 2 correspondence + 3 AII epochs."""
-    workdir = make_workdir(tmp_path_factory.mktemp("stage1-a"), tiny_params(repo_params_module, 2, 3))
+    """An uninterrupted run of 2 correspondence + 1 classification + 3 AII epochs."""
+    params = tiny_params(repo_params_module, 2, 3, class_epochs=1)
+    workdir = make_workdir(tmp_path_factory.mktemp("stage1-a"), params)
     run_stage1(workdir, module_env)
     return workdir
 
@@ -126,16 +128,17 @@ def test_stage_writes_a_loadable_model_and_a_report(finished):
     assert saved["train_assignment"].shape == (36,)
     assert set(saved["cluster_to_class"]) <= set(CLASSES) | {""}
     assert any(key.startswith("aii.steps") for key in saved["state_dict"])
-    # one dvclive step per epoch, for both losses of the AII phase
-    av_rows = (finished / "reports" / "tiny" / "stage1-live" / "plots" / "metrics" / "av_loss.tsv").read_text()
-    assert len(av_rows.strip().splitlines()) == 1 + 5
-    aii_rows = (finished / "reports" / "tiny" / "stage1-live" / "plots" / "metrics" / "aii_loss.tsv").read_text()
-    assert len(aii_rows.strip().splitlines()) == 1 + 3
+    # one dvclive step per epoch, for each loss of its phase
+    metrics = finished / "reports" / "tiny" / "stage1-live" / "plots" / "metrics"
+    assert len((metrics / "av_loss.tsv").read_text().strip().splitlines()) == 1 + 6
+    assert len((metrics / "class_loss.tsv").read_text().strip().splitlines()) == 1 + 1
+    assert len((metrics / "aii_loss.tsv").read_text().strip().splitlines()) == 1 + 3
+    assert report["epochs"] == {"av": 2, "class": 1, "aii": 3}
 
 
 @pytest.mark.slow
 def test_two_runs_give_the_same_report(finished, tmp_path, repo_params_module, module_env):
-    workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 3))
+    workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 3, class_epochs=1))
     run_stage1(workdir, module_env)
     assert (workdir / "reports" / "tiny" / "stage1.json").read_text() == \
         (finished / "reports" / "tiny" / "stage1.json").read_text()
@@ -143,7 +146,7 @@ def test_two_runs_give_the_same_report(finished, tmp_path, repo_params_module, m
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_checkpoint(finished, tmp_path, repo_params_module, module_env):
-    workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 3))
+    workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 3, class_epochs=1))
     checkpoints = workdir / "models" / "tiny" / "stage1-checkpoints"
     process = subprocess.Popen(stage_command(), cwd=workdir, env=module_env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -154,11 +157,11 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(finished, tmp_path, repo_
     process.wait()
     assert not (workdir / "reports" / "tiny" / "stage1.json").exists(), "the run ended before it was killed"
     killed_at = int(sorted(checkpoints.glob("epoch-*.pt"))[-1].stem.split("-")[1])
-    assert 1 <= killed_at < 5
+    assert 1 <= killed_at < 6
 
     rerun = run_stage1(workdir, module_env)
     assert f"stage1: resuming from the checkpoint of epoch {killed_at}" in rerun.stdout
-    assert f"epoch {killed_at}/5" not in rerun.stdout and "epoch 5/5" in rerun.stdout
+    assert f"epoch {killed_at}/6" not in rerun.stdout and "epoch 6/6" in rerun.stdout
     assert (workdir / "reports" / "tiny" / "stage1.json").read_text() == \
         (finished / "reports" / "tiny" / "stage1.json").read_text()
     resumed = torch.load(workdir / "models" / "tiny" / "stage1.pt", weights_only=True)
@@ -167,23 +170,24 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(finished, tmp_path, repo_
         assert torch.equal(resumed["state_dict"][name], tensor), name
     # the resumed run's dvclive log replays the first epochs: one row per epoch, as uninterrupted
     live = Path("reports") / "tiny" / "stage1-live" / "plots" / "metrics" / "av_loss.tsv"
-    assert len((workdir / live).read_text().strip().splitlines()) == 1 + 5
+    assert len((workdir / live).read_text().strip().splitlines()) == 1 + 6
 
 
 @pytest.mark.slow
 def test_torchrun_with_two_gloo_processes_trains_to_the_end(tmp_path, repo_params_module, module_env):
     # 64 training clips in 4 row groups of 16: each of the 2 processes gets 2 groups, 4 batches of 8
-    workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 2), train_videos_per_class=4,
-                           train_clips_per_video=4)
+    workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 2, class_epochs=1),
+                           train_videos_per_class=4, train_clips_per_video=4)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "stages.stage1", "tiny", "--params", "test-params.yaml"]
     run = subprocess.run(command, cwd=workdir, env=module_env | {"OMP_NUM_THREADS": "1"}, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((workdir / "reports" / "tiny" / "stage1.json").read_text())
-    assert report["processes"] == 2 and report["train_clips"] == 64 and report["epochs"] == {"av": 2, "aii": 2}
+    assert report["processes"] == 2 and report["train_clips"] == 64
+    assert report["epochs"] == {"av": 2, "class": 1, "aii": 2}
     assert run.stdout.count("stage1@tiny: 64 training clips") == 1  # rank 0 reports, rank 1 does not
-    assert "epoch 4/4 (aii)" in run.stdout
+    assert "epoch 3/5 (class)" in run.stdout and "epoch 5/5 (aii)" in run.stdout
     saved = torch.load(workdir / "models" / "tiny" / "stage1.pt", weights_only=True)
     assert saved["train_assignment"].shape == (64,)
 
@@ -194,7 +198,8 @@ def test_checkpoints_of_other_params_are_not_resumed(finished, tmp_path, repo_pa
     run = run_stage1(workdir, module_env)
     assert "come from other params, data or code: starting over" in run.stdout
     assert "resuming" not in run.stdout
-    assert json.loads((workdir / "reports" / "tiny" / "stage1.json").read_text())["epochs"] == {"av": 1, "aii": 0}
+    report = json.loads((workdir / "reports" / "tiny" / "stage1.json").read_text())
+    assert report["epochs"] == {"av": 1, "class": 0, "aii": 0}
 
 
 def test_missing_features_is_one_line_naming_the_file(tmp_path, repo_params_module, module_env):
@@ -250,3 +255,45 @@ def test_a_batch_that_does_not_fill_the_canvases_is_one_line(tmp_path, repo_para
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
         "stage1@tiny: error: stage1.batch_size = 6 does not fill canvases of stage1.canvas^2 = 4 clips")
+
+
+@pytest.mark.slow
+def test_audiovisual_clusters_keep_visual_prototypes_in_the_object_space(tmp_path, repo_params_module, module_env):
+    params = tiny_params(repo_params_module, 1, 1, class_epochs=1)
+    params["stage1"]["cluster_features"] = "audiovisual"
+    workdir = make_workdir(tmp_path, params)
+    run_stage1(workdir, module_env)
+    report = json.loads((workdir / "reports" / "tiny" / "stage1.json").read_text())
+    assert 0.0 <= report["nmi"] <= 1.0 and 0.0 <= report["nmi_visual"] <= 1.0
+    saved = torch.load(workdir / "models" / "tiny" / "stage1.pt", weights_only=True)
+    # P^v: the mean object feature of each cluster, unit length and of f^v's size (not the 2 x dim k-means space)
+    assert saved["visual_prototypes"].shape == (5, 16)
+    used = torch.unique(saved["train_assignment"])
+    torch.testing.assert_close(saved["visual_prototypes"][used].norm(dim=1), torch.ones(len(used)))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_single_clips_train_eq8_on_f_a_and_only_mixtures_reach_the_aii(share):
+    # Supplement Eq. 8 scores the plain f^a of a single clip; only Eq. 10's mixtures use the expanded F^a.
+    # So with no mixtures in the batch the distinguishing steps get no gradient, and with some they do.
+    params = load_params(REPO / "params.yaml")
+    model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE)
+    stage1_params = replace(params.stage1, canvas=2, batch_size=8, clusters=4)
+    torch.manual_seed(0)
+    model = Stage1Model(model_params, clusters=4, aii_enabled=True)
+    rng = np.random.default_rng(0)
+    waveforms = torch.from_numpy(rng.integers(-8000, 8000, size=(8, SAMPLES), dtype=np.int16))
+    logmel = LogMel(**LOGMEL_SETTINGS)
+    batch = {"image": torch.from_numpy(rng.integers(0, 255, size=(8, 3, SIDE, SIDE), dtype=np.uint8)),
+             "logmel": logmel(waveforms), "index": torch.arange(8), "video_id": [f"v{row}" for row in range(8)]}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    step = TrainStep(model, model, optimizer, model_params, stage1_params, params.aii, torch.device("cpu"), False,
+                     waveforms, logmel)
+    step.set_aii(share, 2, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), torch.nn.functional.normalize(torch.randn(4, 16)))
+    losses = step(batch, np.random.default_rng(1))
+    assert set(losses) == {"av_loss", "aii_loss"} and np.isfinite(losses["aii_loss"])
+    steps_gradient = model.aii.steps.weight.grad
+    if share == 0.0:
+        assert steps_gradient is None or not steps_gradient.any()
+    else:
+        assert steps_gradient is not None and steps_gradient.abs().sum() > 0

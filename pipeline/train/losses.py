@@ -78,3 +78,22 @@ def mixture_loss(probabilities: torch.Tensor, member_labels: torch.Tensor) -> to
     if (member_labels.max(dim=1).values < 0).any():
         raise ValueError("every mixture needs at least one member label (a row is all -1)")
     return _bce(probabilities, multi_hot(member_labels, num_prototypes))
+
+
+def pseudo_class_loss(features: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """DSOL's classification task on the pseudo-classes: cross-entropy of softmax_k(cos(x, P_k) / tau) with
+    each clip's cluster as its class (a classifier whose weights are the k-means centroids).
+
+    features (B, D) (pooled object features f^v, or f^a); prototypes (K, D) (P^v, or the mean f^a per
+    cluster); labels (B,) pseudo-class ids in [0, K). Float32, autocast off; mean over the batch.
+    """
+    batch, num_prototypes = features.shape[0], prototypes.shape[0]
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_labels(labels, num_prototypes, allow_padding=False)
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        cosine = F.normalize(features.float(), dim=1) @ F.normalize(prototypes.float(), dim=1).T
+        return F.cross_entropy(cosine / temperature, labels.long())

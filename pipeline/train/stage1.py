@@ -13,6 +13,10 @@ Three phases, one epoch counter:
 2. Clustering, after the last correspondence epoch: the object feature of every `train_single`
    clip (f^v pooled where the image's map with its own audio is high) goes into faiss k-means;
    the centroids are the visual prototypes P^v and each clip's cluster its pseudo-class.
+   Then `stage1.class_epochs` epochs of DSOL's localization-classification alternation: Eq. 1 plus
+   a cross-entropy of each clip's pseudo-class on its object feature (classifier weights P^v) and
+   on its f^a (weights: the mean f^a of each cluster), and clustering again after each epoch, so
+   the features and the clusters sharpen each other (DeepCluster's loop; docs/decisions.md).
 3. AII, `aii.epochs` epochs: every epoch recomputes the audio prototypes P^a (mean f^a per
    pseudo-class); a batch holds single clips (Eq. 8) and mixtures of clips of different
    pseudo-classes (Eq. 2 / 10: the average of their int16 waveforms, log-mel computed on the
@@ -56,7 +60,7 @@ from pipeline.shards import atomic_path, write_json
 from pipeline.stage import StageError
 from pipeline.train.cluster import audio_prototypes, cluster_to_class, kmeans, nmi
 from pipeline.train.curriculum import members, mix_share, plan_mixtures
-from pipeline.train.losses import correspondence_loss, mixture_loss
+from pipeline.train.losses import correspondence_loss, mixture_loss, pseudo_class_loss
 
 # ImageNet statistics: the usual input normalisation, and what a pretrained trunk expects.
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -324,9 +328,11 @@ def wrap_for_training(model: Stage1Model, processes: Processes) -> nn.Module:
 class TrainStep:
     """One optimiser step of stage 1 on a reader batch (columns image, logmel, index, video_id).
 
-    Correspondence phase: Eq. 1 on the batch. AII phase: the batch's first (1 - share) clips stay single
-    (Eq. 8), and `share` of its size are replaced by mixtures of `mixture_members` clips of different
-    pseudo-classes drawn from the whole split (Eq. 2 / 10); Eq. 1 keeps training on the single clips.
+    Correspondence phase: Eq. 1 on the batch. Classification epochs (after `set_classes`): Eq. 1 plus the
+    pseudo-class cross-entropies of the object features and of f^a, weighted by `stage1.class_weight`.
+    AII phase: the batch's first (1 - share) clips stay single (Eq. 8), and `share` of its size are replaced
+    by mixtures of `mixture_members` clips of different pseudo-classes drawn from the whole split (Eq. 2 / 10);
+    Eq. 1 keeps training on the single clips.
     """
 
     def __init__(self, model: Stage1Model, trainer: nn.Module, optimizer: torch.optim.Optimizer,
@@ -336,9 +342,15 @@ class TrainStep:
         self.model_params, self.stage1_params, self.aii_params = model_params, stage1_params, aii_params
         self.device, self.channels_last = device, channels_last
         self.train_waveforms, self.logmel = train_waveforms, logmel
-        self.in_aii = False
+        self.in_aii = self.in_class = False
         self.share, self.mixture_members = 0.0, 0
-        self.assignment = self.prototypes = None
+        self.assignment = self.prototypes = self.visual_prototypes = None
+
+    def set_classes(self, assignment: torch.Tensor, visual_prototypes: torch.Tensor,
+                    audio_centroids: torch.Tensor) -> None:
+        """Switch to a classification epoch: the pseudo-classes and both classifiers' weights (P^v, mean f^a)."""
+        self.in_class, self.assignment = True, assignment
+        self.visual_prototypes, self.prototypes = visual_prototypes.to(self.device), audio_centroids.to(self.device)
 
     def set_aii(self, share: float, mixture_members: int, assignment: torch.Tensor, prototypes: torch.Tensor) -> None:
         """Switch to the AII phase with this epoch's curriculum, pseudo-classes and P^a."""
@@ -359,9 +371,7 @@ class TrainStep:
             plan = plan_mixtures(self.assignment.numpy(), mixtures, self.mixture_members, rng)
             mixed = mixture_logmels(self.train_waveforms, plan, self.logmel) if mixtures else audio_input[:0]
             audio_input = torch.cat([audio_input, mixed.to(audio_input.device)])
-            singles = batch_size - mixtures
-            aii_rows = torch.cat([torch.arange(singles), torch.arange(batch_size, batch_size + mixtures)])
-            aii_rows = aii_rows.to(self.device)
+            aii_rows = torch.arange(batch_size, batch_size + mixtures, device=self.device)  # the mixtures' F^a
         log_mels = prepare_logmel(audio_input, self.device, self.channels_last)
         with autocast(self.device):
             visual, audio, expanded = self.trainer(images, log_mels, aii_rows)
@@ -371,11 +381,24 @@ class TrainStep:
                           self.stage1_params.negatives)
         losses = {"av_loss": loss_av}
         loss = loss_av
+        if self.in_class:
+            # DSOL's classification task: each clip's pseudo-class from its object feature and from its f^a.
+            labels = self.assignment[batch["index"]].to(self.device)
+            own_audio = audio.embedding[:batch_size]
+            objects = pool_object_features(visual, localization_map(visual, own_audio).detach(),
+                                           self.stage1_params.object_ratio)
+            temperature = self.model_params.similarity_temperature
+            losses["class_loss"] = (pseudo_class_loss(objects, self.visual_prototypes, labels, temperature)
+                                    + pseudo_class_loss(own_audio, self.prototypes, labels, temperature))
+            loss = loss + self.stage1_params.class_weight * losses["class_loss"]
         if self.in_aii:
-            # Eq. 8 on the single clips, Eq. 10 on the mixtures, in one BCE.
-            labels = aii_labels(self.assignment, batch["index"][:batch_size - mixtures], plan).to(self.device)
-            similarity = prototype_similarity(self.prototypes, expanded, self.model_params.similarity_temperature,
-                                              self.model_params.similarity_center)
+            # Eq. 8 on the single clips' f^a, Eq. 10 on the mixtures' expanded F^a, in one BCE: the distinguishing
+            # steps learn only from mixtures (docs/decisions.md, "Eq. 8 on f^a").
+            singles = batch_size - mixtures
+            labels = aii_labels(self.assignment, batch["index"][:singles], plan).to(self.device)
+            similarity = prototype_similarity(self.prototypes, torch.cat([
+                audio.embedding[:singles, None, :].expand(singles, *self.prototypes.shape), expanded]),
+                self.model_params.similarity_temperature, self.model_params.similarity_center)
             losses["aii_loss"] = mixture_loss(similarity, labels)
             loss = self.aii_params.av_loss_weight * loss_av + losses["aii_loss"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -431,7 +454,11 @@ def evaluate(model: Stage1Model, test_dir: Path, test: Split, visual_prototypes:
              stage1_params: Stage1, seed: int, device: torch.device, channels_last: bool) -> dict:
     """NMI of the test clips' clusters, and Table 2's multi-label metrics on mixtures of test clips."""
     embeddings = embed_split(model, test_dir, model_params, stage1_params.object_ratio, device, channels_last)
-    test_clusters = (embeddings.objects @ F.normalize(visual_prototypes, dim=1).T).argmax(dim=1).numpy()
+    # A test clip's pseudo-class: the k whose prototypes best match its frame and its sound, cos(object, P^v_k) +
+    # cos(f^a, P^a_k); and, as `nmi_visual`, the nearest P^v by the object feature alone (docs/decisions.md).
+    visual_scores = embeddings.objects @ F.normalize(visual_prototypes, dim=1).T
+    visual_clusters = visual_scores.argmax(dim=1).numpy()
+    test_clusters = (visual_scores + embeddings.audio @ F.normalize(prototypes, dim=1).T).argmax(dim=1).numpy()
     class_names = sorted(set(test.classes))
     class_ids = np.array([class_names.index(name) for name in test.classes])
 
@@ -470,6 +497,7 @@ def evaluate(model: Stage1Model, test_dir: Path, test: Split, visual_prototypes:
     present = truth.sum(axis=0) > 0  # AP is defined only for classes that occur in some mixture
     return {
         "nmi": nmi(test_clusters, class_ids),
+        "nmi_visual": nmi(visual_clusters, class_ids),
         "map": float(average_precision_score(truth[:, present], scores[:, present], average="macro")),
         "precision": hits / int(predicted.sum()) if predicted.any() else 0.0,
         "recall": hits / int(truth.sum()),
@@ -566,7 +594,8 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
             live.log_metric(name, value)
         live.next_step()
 
-    total_epochs = stage1_params.av_epochs + aii_params.epochs
+    clustered_epochs = stage1_params.av_epochs + stage1_params.class_epochs  # the epochs before the AII phase
+    total_epochs = clustered_epochs + aii_params.epochs
     trainer, trainer_phase = None, None
     for epoch in range(start_epoch, total_epochs):
         reader.set_epoch(epoch)
@@ -576,11 +605,12 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
             raise StageError(f"{train_dir}: {reader.num_rows} clips give no full batch of stage1.batch_size = "
                              f"{stage1_params.batch_size} for each of {processes.world_size} process(es)")
         rng = np.random.default_rng([seed, epoch, processes.rank])
-        in_aii = epoch >= stage1_params.av_epochs
-        phase = "aii" if in_aii else "av"
+        in_aii = epoch >= clustered_epochs
+        in_class = stage1_params.av_epochs <= epoch < clustered_epochs
+        phase = "aii" if in_aii else "class" if in_class else "av"
         if in_aii:
             # P^a of this epoch (rank 0 embeds, every rank gets them), and the curriculum at its progress.
-            progress = (epoch - stage1_params.av_epochs) / aii_params.epochs
+            progress = (epoch - clustered_epochs) / aii_params.epochs
             prototypes_now = torch.zeros(clusters, model_params.dim)
             if processes.main:
                 audio_features = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device,
@@ -599,12 +629,14 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
             trainer, trainer_phase = wrap_for_training(model, processes), phase
         step = TrainStep(model, trainer, optimizer, model_params, stage1_params, aii_params, device, channels_last,
                          train.waveforms, logmel)
+        if in_class:
+            step.set_classes(assignment, visual_prototypes, prototypes)
         if in_aii:
             step.set_aii(mix_share(progress, aii_params.p_start, aii_params.p_end, aii_params.curriculum),
                          members(progress, aii_params.min_mix, aii_params.max_mix, aii_params.curriculum),
                          assignment, prototypes)
 
-        sums = {"av_loss": 0.0, "aii_loss": 0.0} if in_aii else {"av_loss": 0.0}
+        sums = {"av_loss": 0.0, **({"class_loss": 0.0} if in_class else {}), **({"aii_loss": 0.0} if in_aii else {})}
         batches = iter(loader)
         for _ in tqdm(range(steps), desc=f"stage1 {phase} epoch {epoch + 1}/{total_epochs}", leave=False,
                       disable=not processes.main):
@@ -612,18 +644,27 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
                 sums[name] += value
         del batches  # a rank with a batch to spare leaves it unread
 
-        if epoch == stage1_params.av_epochs - 1:
-            # Clustering on rank 0: object features of every training clip -> k-means -> P^v and pseudo-classes.
+        if stage1_params.av_epochs - 1 <= epoch < clustered_epochs:
+            # Clustering on rank 0 after Eq. 1's phase and after every classification epoch: object features of
+            # every training clip -> k-means -> P^v and pseudo-classes; the mean f^a of each cluster.
             centroids = torch.zeros(clusters, model_params.dim)
             clip_clusters = torch.zeros(len(train.classes), dtype=torch.int64)
+            audio_centroids = torch.zeros(clusters, model_params.dim)
             if processes.main:
-                objects = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device,
-                                      channels_last).objects
+                embeddings = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device,
+                                         channels_last)
+                features = embeddings.objects
+                if stage1_params.cluster_features == "audiovisual":
+                    features = torch.cat([embeddings.objects, embeddings.audio], dim=1)
                 centroids, clip_clusters = map(torch.from_numpy, kmeans(
-                    objects.numpy(), clusters, stage1_params.kmeans_niter, seed, init=stage1_params.kmeans_init))
+                    features.numpy(), clusters, stage1_params.kmeans_niter, seed, init=stage1_params.kmeans_init))
+                if stage1_params.cluster_features == "audiovisual":  # P^v lives in f^v's space (stage 2's L^v_k)
+                    centroids = audio_prototypes(embeddings.objects, clip_clusters, clusters).vectors
+                audio_centroids = audio_prototypes(embeddings.audio, clip_clusters, clusters).vectors
                 print(f"stage1: {clusters} clusters, {len(np.unique(clip_clusters))} used; train NMI "
                       f"{nmi(clip_clusters.numpy(), train.classes):.3f}", flush=True)
             visual_prototypes, assignment = broadcast(centroids, processes), broadcast(clip_clusters, processes)
+            prototypes = broadcast(audio_centroids, processes)
 
         epoch_log = mean_over_ranks({name: value / steps for name, value in sums.items()}, processes)
         history.append(epoch_log)
@@ -653,7 +694,7 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
         "empty_clusters": len(final_prototypes.empty),
         "train_clips": len(train.classes),
         "train_nmi": nmi(assignment.numpy(), train.classes),
-        "epochs": {"av": stage1_params.av_epochs, "aii": aii_params.epochs},
+        "epochs": {"av": stage1_params.av_epochs, "class": stage1_params.class_epochs, "aii": aii_params.epochs},
         "aii_enabled": aii_params.enabled,
         "processes": processes.world_size,
         "final_losses": {name: round(value, 6) for name, value in history[-1].items()},
