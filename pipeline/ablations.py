@@ -8,7 +8,9 @@ python -m pipeline.ablations [--only no-cmr,un-3-3-2] [--table-only]   (`make ab
 2. Run the queue, one experiment at a time (`dvc exp run --run-all`).
 3. Read every experiment of HEAD from `dvc exp show --json` and write `reports/ablations.md`: Tables 3/4/7
    (IEr, w/o AII, w/o CMR, w/o each filter) per dataset role and Table 9 (the Unconstrained set's
-   interference levels, IEr and AVOL). The full IEr row is HEAD's committed metrics.
+   interference levels, IEr and AVOL). The full IEr row is HEAD's committed metrics. Then each variant
+   paired with IEr mosaic by mosaic (their `samples.csv` in git): which differences exceed the test
+   sets' noise.
 4. Rebuild `reports/index.html` through DVC (`dvc repro --single-item --force report`), so that the page
    shows the new tables and dvc.lock records the page it holds. Then, if an experiment failed, exit with
    one line naming it.
@@ -18,14 +20,19 @@ Nothing is applied to the workspace: params.yaml ends as it started.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
+import pandas as pd
 import yaml
+from scipy.stats import binomtest
 
 from pipeline.report import CLASS_AWARE_METRICS, SET_TITLES, STAGE1_METRICS
 from pipeline.shards import atomic_path
@@ -75,6 +82,8 @@ COMPONENT_COLUMNS = tuple(
      for key, title in (*CLASS_AWARE_METRICS, ("nsa", "NSA"))]
     + [("stage1", key, f"Stage 1 {title}") for key, title in STAGE1_METRICS])
 LEVEL_COLUMNS = (("ier", "IEr"), ("avol", "AVOL"))  # methods of Table 9, each with CLASS_AWARE_METRICS on `un`
+PAIRED_SETS = ("syn", "un", "duet")  # the class-aware sets whose samples.csv rows are paired
+BOOTSTRAP_DRAWS = 2000  # resamples of the mosaics for the NSA difference's 95 % interval
 
 
 @dataclass(frozen=True)
@@ -177,11 +186,67 @@ def level_table(datasets: list[str], baseline: Run, experiments: dict[str, Run],
     return markdown_table(head, body)
 
 
-def ablations_markdown(baseline: Run, experiments: dict[str, Run], skipped: dict[str, str] | None = None) -> str:
-    """reports/ablations.md: how each row was made, then Tables 3/4/7 per dataset role and Table 9.
+def paired(full: pd.DataFrame, variant: pd.DataFrame, success: float, seed: int = 0) -> dict:
+    """Full IEr and a variant on the same mosaics: samples.csv rows (sample_id, iou, nsa) of one set and method.
+
+    better / worse: mosaics whose CIoU reaches `success` with the variant only / with IEr only; p: the two-sided
+    sign test of those counts (1.0 when there are none); nsa: the mean NSA difference (variant - IEr) over the
+    mosaics where both have one, with its 95 % bootstrap interval (nsa_low, nsa_high; resampled mosaics).
+    Raises ValueError when the two do not hold the same mosaics.
+    """
+    full, variant = full.set_index("sample_id"), variant.set_index("sample_id")
+    if set(full.index) != set(variant.index):
+        raise ValueError(f"the two runs scored different mosaics ({len(full)} and {len(variant)})")
+    variant = variant.loc[full.index]
+    full_hit, variant_hit = full["iou"].to_numpy() >= success, variant["iou"].to_numpy() >= success
+    better, worse = int((variant_hit & ~full_hit).sum()), int((full_hit & ~variant_hit).sum())
+    differences = (pd.to_numeric(variant["nsa"], errors="coerce") - pd.to_numeric(full["nsa"], errors="coerce"))
+    differences = differences.dropna().to_numpy()
+    result = {"better": better, "worse": worse, "p": binomtest(better, better + worse).pvalue if better + worse else 1.0,
+              "nsa": None, "nsa_low": None, "nsa_high": None}
+    if len(differences):
+        draws = np.random.default_rng(seed).integers(0, len(differences), (BOOTSTRAP_DRAWS, len(differences)))
+        low, high = np.percentile(differences[draws].mean(axis=1), [2.5, 97.5])
+        result.update(nsa=float(differences.mean()), nsa_low=float(low), nsa_high=float(high))
+    return result
+
+
+SamplesReader = Callable[[str, str], "pd.DataFrame | None"]  # (git commit, dataset role) -> samples.csv or None
+
+
+def paired_table(datasets: list[str], baseline: Run, experiments: dict[str, Run], samples: SamplesReader) -> list[str]:
+    """Each Tables 3/4/7 variant paired with full IEr on every class-aware set (rows where both samples exist)."""
+    success = value_at(baseline.params, "evaluate", "ciou_success") or 0.3
+    body = []
+    for ablation in ABLATIONS:
+        run = experiments.get(ablation.name)
+        if ablation.table != COMPONENTS or run is None or run.state != "success":
+            continue
+        for dataset in datasets:
+            full, variant = samples(baseline.rev, dataset), samples(run.rev, dataset)
+            if full is None or variant is None:
+                continue
+            for name in PAIRED_SETS:
+                full_rows = full[(full["set"] == name) & (full["method"] == "ier")]
+                variant_rows = variant[(variant["set"] == name) & (variant["method"] == "ier")]
+                if full_rows.empty or variant_rows.empty:
+                    continue
+                result = paired(full_rows, variant_rows, success)
+                nsa = (MISSING if result["nsa"] is None else
+                       f"{100 * result['nsa']:+.1f} [{100 * result['nsa_low']:+.1f}, {100 * result['nsa_high']:+.1f}]")
+                body.append([ablation.label, dataset, SET_TITLES[name], str(result["better"]), str(result["worse"]),
+                             f"{result['p']:.3f}", nsa])
+    return markdown_table(["variant", "dataset", "set", f"CIoU@{success:g} only with the variant",
+                           f"CIoU@{success:g} only with IEr", "sign test p", "NSA difference [95 % interval]"], body)
+
+
+def ablations_markdown(baseline: Run, experiments: dict[str, Run], skipped: dict[str, str] | None = None,
+                       samples: SamplesReader | None = None) -> str:
+    """reports/ablations.md: how each row was made, then Tables 3/4/7 per dataset role and Table 9, and (with
+    `samples`) each variant paired with full IEr mosaic by mosaic.
 
     `experiments`: runs by experiment name (an ablation without one, or whose run failed, prints as –);
-    `skipped`: ablation name -> why it cannot run.
+    `skipped`: ablation name -> why it cannot run; `samples`: reads a run's samples.csv.
     """
     skipped = skipped or {}
     datasets = list(baseline.metrics) or sorted({d for run in experiments.values() for d in run.metrics})
@@ -201,7 +266,25 @@ def ablations_markdown(baseline: Run, experiments: dict[str, Run], skipped: dict
         lines += ["", f"## Tables 3, 4 and 7: {dataset}", ""] + component_table(dataset, baseline, experiments)
     lines += ["", "## Table 9: interference levels of the Unconstrained set", ""]
     lines += level_table(datasets, baseline, experiments, skipped)
+    if samples is not None:
+        lines += ["", "## Each variant against full IEr, mosaic by mosaic", "",
+                  "The same test mosaics scored by full IEr and by the variant (`reports/<ds>/samples.csv` of both "
+                  "commits): how many reach the CIoU level with one of them only, the two-sided sign test of those "
+                  "two counts, and the mean NSA difference (variant - IEr, points) with its 95 % bootstrap interval. "
+                  "A p above 0.05 and an interval across 0: the two rows differ by no more than the test set's "
+                  "noise. `python -m pipeline.diagnose <ds>` shows what each term of the class maps does "
+                  "(docs/decisions.md).", ""]
+        lines += paired_table(datasets, baseline, experiments, samples)
     return "\n".join(lines) + "\n"
+
+
+def git_samples(repo: Path) -> SamplesReader:
+    """Reads reports/<ds>/samples.csv of a commit (an experiment's too) from git; None where it has none."""
+    def read(rev: str, dataset: str) -> pd.DataFrame | None:
+        shown = subprocess.run(["git", "show", f"{rev}:reports/{dataset}/samples.csv"], cwd=repo, text=True,
+                               capture_output=True)
+        return pd.read_csv(io.StringIO(shown.stdout)) if shown.returncode == 0 else None
+    return read
 
 
 # --------------------------------------------------------------------------- running DVC
@@ -327,7 +410,7 @@ def run_ablations(repo: Path, ablations: list[Ablation], run: bool = True) -> Pa
         raise AblationError(f"commit {baseline.rev[:7]} has no reports/<ds>/metrics.json: run and commit the "
                             "pipeline first (`make repro`)")
     with atomic_path(repo / REPORT) as tmp:
-        tmp.write_text(ablations_markdown(baseline, experiments, skipped), encoding="utf-8")
+        tmp.write_text(ablations_markdown(baseline, experiments, skipped, git_samples(repo)), encoding="utf-8")
     # Through DVC rather than calling build_report: the page is a DVC output, so dvc.lock then records the
     # page that is in the workspace (and the cache), and `dvc status` stays clean.
     dvc(repo, "repro", "--single-item", "--force", "report", capture=False)

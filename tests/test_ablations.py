@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
+import pandas as pd
+
 from pipeline.ablations import (ABLATIONS, COMPONENTS, MISSING, Ablation, AblationError, Run, ablations_markdown,
-                                check_committed, check_overrides, exp_show, parse_exp_show, run_experiments, select,
-                                unrunnable)
+                                check_committed, check_overrides, exp_show, paired, parse_exp_show, run_experiments,
+                                select, unrunnable)
 from tests.conftest import DVC, REPO, dvc_environment, load_repo_params, run
 
 HEAD_PARAMS = {"synth": {"un": {"sounding": 2, "silent": 2, "offscreen": 1}}}
@@ -56,6 +58,55 @@ def row_of(table: list[dict[str, str]], first_cell: str) -> dict[str, str]:
     matches = [row for row in table if next(iter(row.values())) == first_cell]
     assert len(matches) == 1, (first_cell, table)
     return matches[0]
+
+
+# --------------------------------------------------------------------------- pairing with full IEr
+
+
+def samples_of(ious: list[float], nsas: list, set_name: str = "syn", method: str = "ier") -> pd.DataFrame:
+    return pd.DataFrame({"set": set_name, "sample_id": [f"m{i}" for i in range(len(ious))], "method": method,
+                         "iou": ious, "nsa": nsas})
+
+
+def test_paired_counts_the_mosaics_each_run_alone_gets_right():
+    full = samples_of([0.5, 0.5, 0.1, 0.3, 0.6], [0.8, 0.8, 0.8, 0.8, ""])
+    # Shuffled rows: mosaics are matched by sample_id, not by position.
+    variant = samples_of([0.1, 0.5, 0.4, 0.29, 0.2], [0.9, 0.9, 0.9, 0.9, ""]).iloc[::-1]
+    result = paired(full, variant, success=0.3)
+    assert (result["better"], result["worse"]) == (1, 3)  # m2 only with the variant; m0, m3 (0.29), m4 only with IEr
+    assert result["p"] == pytest.approx(0.625)  # two-sided sign test of 1 against 3: 2 * (1 + 4) / 16
+    # Every mosaic with an NSA moved by +0.1: the mean and both ends of the interval are +0.1.
+    assert (result["nsa"], result["nsa_low"], result["nsa_high"]) == pytest.approx((0.1, 0.1, 0.1))
+
+
+def test_paired_sign_test_of_one_sided_counts_and_of_no_difference():
+    full = samples_of([0.9] * 6, [""] * 6)
+    assert paired(full, samples_of([0.0] * 6, [""] * 6), 0.3)["p"] == pytest.approx(2 / 64)
+    same = paired(full, full.copy(), 0.3)
+    assert (same["better"], same["worse"], same["p"], same["nsa"]) == (0, 0, 1.0, None)
+    with pytest.raises(ValueError, match="different mosaics"):
+        paired(full, full.iloc[:5], 0.3)
+
+
+def test_markdown_pairs_each_variant_that_ran_with_full_ier():
+    baseline, no_aii = make_run("main", 0.1), make_run("no-aii", 0.2)
+    tables_by_rev = {
+        baseline.rev: pd.concat([samples_of([0.5, 0.5, 0.5], [0.7, 0.7, 0.7]), samples_of([0.5], [0.5], "un"),
+                                 samples_of([0.0], [0.9], "syn", method="avol")]),
+        no_aii.rev: pd.concat([samples_of([0.1, 0.1, 0.5], [0.8, 0.8, 0.8]), samples_of([0.5], [0.5], "un"),
+                               samples_of([0.9], [0.1], "syn", method="avol")])}
+
+    def read(rev: str, dataset: str):
+        return tables_by_rev.get(rev) if dataset == "music" else None  # vggsound: no samples -> no rows
+
+    found = tables(ablations_markdown(baseline, {"no-aii": no_aii, "no-cmr": make_run("no-cmr", 0.3, "failed")},
+                                      samples=read))["Each variant against full IEr, mosaic by mosaic"]
+    assert [(row["variant"], row["dataset"], row["set"]) for row in found] == [
+        ("w/o AII", "music", "Synthetic"), ("w/o AII", "music", "Unconstrained")]
+    syn = found[0]
+    assert (syn["CIoU@0.3 only with the variant"], syn["CIoU@0.3 only with IEr"], syn["sign test p"]) == ("0", "2", "0.500")
+    assert syn["NSA difference [95 % interval]"] == "+10.0 [+10.0, +10.0]"  # AVOL's rows are not paired
+    assert "mosaic by mosaic" not in ablations_markdown(baseline, {"no-aii": no_aii})  # no reader, no section
 
 
 # --------------------------------------------------------------------------- tables
@@ -237,6 +288,9 @@ def test_ablation_command_on_the_tiny_pipeline(tiny_repo):
         assert harder[f"{dataset} AVOL CIoU@0.3"] == percent_of(level, dataset, "baselines", "avol", "un", "ciou30")
     assert row_of(found["Tables 3, 4 and 7: music"], "w/o off-screen noise filter")["Duet AUC"] == percent_of(
         no_filter, "music", "duet", "auc")
+    pairs = found["Each variant against full IEr, mosaic by mosaic"]  # samples.csv of HEAD and the experiment, from git
+    assert {(row["variant"], row["dataset"], row["set"]) for row in pairs} >= {
+        ("w/o off-screen noise filter", "music", "Synthetic"), ("w/o off-screen noise filter", "vggsound", "Unconstrained")}
     assert (tiny_repo / "params.yaml").read_bytes() == params_before  # nothing applied to the workspace
     assert '<section id="ablations">' in (tiny_repo / "reports" / "index.html").read_text()  # the page shows it
     assert "up to date" in run(DVC + ["status"], tiny_repo, env)  # ... through DVC: dvc.lock knows the new page

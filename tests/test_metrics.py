@@ -208,6 +208,20 @@ def test_class_maps_large_values_do_not_overflow():
     assert maps[:, 0, 0].sum() == pytest.approx(1.0)
 
 
+def test_class_maps_a_term_shared_by_every_cluster_cancels():
+    # Without the AII, F^a_k = f^a for every k: the audio-visual logit z^av is one map for all clusters, and the
+    # softmax over clusters of z^av + z^v_k equals that of z^v_k alone (docs/decisions.md, the w/o AII row).
+    rng = np.random.default_rng(0)
+    visual_logits = rng.normal(size=(5, 6, 6))
+    shared_audio_logit = rng.normal(scale=3.0, size=(1, 6, 6))
+    owners, classes = ["a", "b", "a", "", "c"], ["a", "b", "c"]
+    together = class_maps(visual_logits + shared_audio_logit, owners, classes, scale=1.0)
+    np.testing.assert_allclose(together, class_maps(visual_logits, owners, classes, scale=1.0), atol=1e-12)
+    # A term that differs between clusters does not cancel.
+    per_cluster_audio_logit = rng.normal(scale=3.0, size=(5, 6, 6))
+    assert not np.allclose(class_maps(visual_logits + per_cluster_audio_logit, owners, classes, scale=1.0), together)
+
+
 def test_class_maps_rejects_bad_inputs():
     with pytest.raises(ValueError):
         class_maps(np.zeros((3, 2, 2)), ["a", "b"], ["a", "b"])  # 2 names for 3 clusters
