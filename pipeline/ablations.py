@@ -202,8 +202,8 @@ def paired(full: pd.DataFrame, variant: pd.DataFrame, success: float, seed: int 
     better, worse = int((variant_hit & ~full_hit).sum()), int((full_hit & ~variant_hit).sum())
     differences = (pd.to_numeric(variant["nsa"], errors="coerce") - pd.to_numeric(full["nsa"], errors="coerce"))
     differences = differences.dropna().to_numpy()
-    result = {"better": better, "worse": worse, "p": binomtest(better, better + worse).pvalue if better + worse else 1.0,
-              "nsa": None, "nsa_low": None, "nsa_high": None}
+    p_value = binomtest(better, better + worse).pvalue if better + worse else 1.0
+    result = {"better": better, "worse": worse, "p": p_value, "nsa": None, "nsa_low": None, "nsa_high": None}
     if len(differences):
         draws = np.random.default_rng(seed).integers(0, len(differences), (BOOTSTRAP_DRAWS, len(differences)))
         low, high = np.percentile(differences[draws].mean(axis=1), [2.5, 97.5])
@@ -231,7 +231,12 @@ def paired_table(datasets: list[str], baseline: Run, experiments: dict[str, Run]
                 variant_rows = variant[(variant["set"] == name) & (variant["method"] == "ier")]
                 if full_rows.empty or variant_rows.empty:
                     continue
-                result = paired(full_rows, variant_rows, success)
+                try:
+                    result = paired(full_rows, variant_rows, success)
+                except ValueError as err:  # e.g. a variant that changed the test set: nothing to pair
+                    body.append([ablation.label, dataset, SET_TITLES[name], MISSING, MISSING, MISSING,
+                                 f"not paired: {err}"])
+                    continue
                 nsa = (MISSING if result["nsa"] is None else
                        f"{100 * result['nsa']:+.1f} [{100 * result['nsa_low']:+.1f}, {100 * result['nsa_high']:+.1f}]")
                 body.append([ablation.label, dataset, SET_TITLES[name], str(result["better"]), str(result["worse"]),

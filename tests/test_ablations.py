@@ -104,9 +104,14 @@ def test_markdown_pairs_each_variant_that_ran_with_full_ier():
     assert [(row["variant"], row["dataset"], row["set"]) for row in found] == [
         ("w/o AII", "music", "Synthetic"), ("w/o AII", "music", "Unconstrained")]
     syn = found[0]
-    assert (syn["CIoU@0.3 only with the variant"], syn["CIoU@0.3 only with IEr"], syn["sign test p"]) == ("0", "2", "0.500")
+    counts = (syn["CIoU@0.3 only with the variant"], syn["CIoU@0.3 only with IEr"], syn["sign test p"])
+    assert counts == ("0", "2", "0.500")
     assert syn["NSA difference [95 % interval]"] == "+10.0 [+10.0, +10.0]"  # AVOL's rows are not paired
     assert "mosaic by mosaic" not in ablations_markdown(baseline, {"no-aii": no_aii})  # no reader, no section
+    tables_by_rev[no_aii.rev] = samples_of([0.1, 0.1], [0.8, 0.8])  # other mosaics than HEAD's: said, not paired
+    found = tables(ablations_markdown(baseline, {"no-aii": no_aii}, samples=read))
+    [syn] = found["Each variant against full IEr, mosaic by mosaic"]
+    assert syn["sign test p"] == MISSING and syn["NSA difference [95 % interval]"].startswith("not paired: ")
 
 
 # --------------------------------------------------------------------------- tables
@@ -290,7 +295,8 @@ def test_ablation_command_on_the_tiny_pipeline(tiny_repo):
         no_filter, "music", "duet", "auc")
     pairs = found["Each variant against full IEr, mosaic by mosaic"]  # samples.csv of HEAD and the experiment, from git
     assert {(row["variant"], row["dataset"], row["set"]) for row in pairs} >= {
-        ("w/o off-screen noise filter", "music", "Synthetic"), ("w/o off-screen noise filter", "vggsound", "Unconstrained")}
+        ("w/o off-screen noise filter", "music", "Synthetic"),
+        ("w/o off-screen noise filter", "vggsound", "Unconstrained")}
     assert (tiny_repo / "params.yaml").read_bytes() == params_before  # nothing applied to the workspace
     assert '<section id="ablations">' in (tiny_repo / "reports" / "index.html").read_text()  # the page shows it
     assert "up to date" in run(DVC + ["status"], tiny_repo, env)  # ... through DVC: dvc.lock knows the new page
