@@ -35,7 +35,8 @@ import torch  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.features import LogMel  # noqa: E402
 from pipeline.reader import ShardReader, make_loader  # noqa: E402
-from pipeline.train.stage1 import Stage1Model, TrainStep, pick_device, read_split  # noqa: E402
+from pipeline.train.stage1 import (Stage1Model, TrainStep, make_deterministic, make_optimizer, pick_device,  # noqa: E402
+                                   read_split)
 
 
 def main() -> None:
@@ -65,11 +66,12 @@ def main() -> None:
         return ShardReader(folder, columns=("image", "logmel", "index", "video_id"),
                            batch_size=stage1_params.batch_size, shuffle=True, seed=params.seed, drop_last=True)
 
+    make_deterministic(device)  # as the stage runs
     torch.manual_seed(params.seed)
     model = Stage1Model(model_params, stage1_params.clusters, aii_params.enabled).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=stage1_params.lr, weight_decay=stage1_params.weight_decay)
+    optimizer = make_optimizer(model.parameters(), stage1_params.lr, stage1_params.weight_decay)
     start_state = ({k: v.clone() for k, v in model.state_dict().items()}, optimizer.state_dict())
     step = TrainStep(model, model, optimizer, model_params, stage1_params, aii_params, device, channels_last,
                      waveforms, logmel)

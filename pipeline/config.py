@@ -185,6 +185,7 @@ class Stage1:
     kmeans_niter: int = knob(lo=1)  # k-means iterations
     kmeans_init: Literal["k-means++", "random"]  # k-means seeding
     cluster_features: Literal["visual", "audiovisual"]  # what k-means sees: object f^v, or object f^v with f^a
+    cluster_pass: Literal["eval", "epoch"]  # k-means features: a separate eval-mode pass, or the epoch's own steps
     object_ratio: float = knob(lo=0.0, hi=1.0)  # object pooling: positions this far from min to max of the map
     negatives: Literal["roll", "all"]  # Eq. 1 negatives: the next clip's audio, or every other video's in the batch
     flip: bool = knob()  # random horizontal flips of the training images

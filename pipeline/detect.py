@@ -192,7 +192,15 @@ def train_detector(ultralytics: Any, data_yaml: Path, params: Detect, seed: int,
             trainer.tloss, prefix="train").items())
         print(f"  detector epoch {trainer.epoch + 1}/{trainer.epochs}: {losses}", flush=True)
 
+    def use_every_core(trainer: Any) -> None:
+        # ultralytics trains a CPU model on cores - 1 threads (1 of 2 here, set when it picks the device); the
+        # stage runs alone, so it takes them all.
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+
     model.add_callback("on_train_epoch_end", print_epoch)
+    model.add_callback("on_pretrain_routine_start", use_every_core)
     results = model.train(
         data=str(data_yaml),
         epochs=params.epochs,

@@ -58,7 +58,7 @@ def test_stage_prints_one_line_and_exits_2(tmp_path, repo_params, stage_env):
                          env=stage_env, capture_output=True, text=True)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        f"features@music: error: params.yaml: features.hop_length: must be >= 8, got -5"]
+        "features@music: error: params.yaml: features.hop_length: must be >= 8, got -5"]
 
 
 def test_unknown_dataset(tmp_path, repo_params, stage_env):

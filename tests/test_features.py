@@ -6,7 +6,6 @@ import hashlib
 import inspect
 import io
 import json
-import os
 import signal
 import subprocess
 import sys

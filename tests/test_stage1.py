@@ -20,7 +20,8 @@ from pipeline.features import LogMel, array_column, array_field
 from pipeline.shards import ShardWriter
 from pipeline.train.losses import multi_hot
 from pipeline.config import load_params
-from pipeline.train.stage1 import Stage1Model, TrainStep, aii_labels, from_canvases, mixture_logmels, to_canvases
+from pipeline.train.stage1 import (Embeddings, Processes, Stage1Model, TrainStep, aii_labels, epoch_features,
+                                   from_canvases, mixture_logmels, to_canvases)
 from tests.conftest import REPO, load_repo_params, replace, stage_environment
 
 LOGMEL_SETTINGS = dict(sample_rate=16000, n_mels=64, f_max=8000.0, win_length=160, hop_length=80,
@@ -261,6 +262,7 @@ def test_a_batch_that_does_not_fill_the_canvases_is_one_line(tmp_path, repo_para
 def test_audiovisual_clusters_keep_visual_prototypes_in_the_object_space(tmp_path, repo_params_module, module_env):
     params = tiny_params(repo_params_module, 1, 1, class_epochs=1)
     params["stage1"]["cluster_features"] = "audiovisual"
+    params["stage1"]["cluster_pass"] = "eval"  # the separate eval-mode pass (the other tests use the default, epoch)
     workdir = make_workdir(tmp_path, params)
     run_stage1(workdir, module_env)
     report = json.loads((workdir / "reports" / "tiny" / "stage1.json").read_text())
@@ -297,3 +299,32 @@ def test_single_clips_train_eq8_on_f_a_and_only_mixtures_reach_the_aii(share):
         assert steps_gradient is None or not steps_gradient.any()
     else:
         assert steps_gradient is not None and steps_gradient.abs().sum() > 0
+
+
+def test_epoch_features_fill_the_clips_no_batch_held_from_the_previous_clustering():
+    # stage1.cluster_pass: epoch clusters the features the steps computed; the clips that drop_last left out of
+    # this epoch keep their rows from the previous clustering.
+    params = load_params(REPO / "params.yaml")
+    model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE)
+    stage1_params = replace(params.stage1, canvas=2, batch_size=4, clusters=2, cluster_pass="epoch")
+    torch.manual_seed(0)
+    model = Stage1Model(model_params, clusters=2, aii_enabled=True)
+    rng = np.random.default_rng(0)
+    waveforms = torch.from_numpy(rng.integers(-8000, 8000, size=(6, SAMPLES), dtype=np.int16))
+    logmel = LogMel(**LOGMEL_SETTINGS)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    step = TrainStep(model, model, optimizer, model_params, stage1_params, params.aii, torch.device("cpu"), False,
+                     waveforms, logmel)
+    step.collect(6)
+    held = torch.tensor([4, 0, 2, 5])  # one batch; clips 1 and 3 are not in it
+    step({"image": torch.from_numpy(rng.integers(0, 255, size=(4, 3, SIDE, SIDE), dtype=np.uint8)),
+          "logmel": logmel(waveforms[held]), "index": held, "video_id": [f"v{row}" for row in range(4)]},
+         np.random.default_rng(1))
+    previous = Embeddings(torch.full((6, 16), 7.0), torch.full((6, 16), 9.0))
+    features = epoch_features(step, Processes(0, 1, torch.device("cpu")), previous, Path("unused"))
+    assert torch.equal(features.objects[[1, 3]], previous.objects[[1, 3]])
+    assert torch.equal(features.audio[[1, 3]], previous.audio[[1, 3]])
+    # the held clips: unit-length object features and f^a from this step, not the previous rows
+    torch.testing.assert_close(features.objects[held].norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(features.audio[held].norm(dim=1), torch.ones(4))
+    assert step.collected is None  # the next epoch collects afresh

@@ -12,7 +12,9 @@ Three phases, one epoch counter:
    whole canvas scores as a false match (docs/decisions.md, "Canvases for Eq. 1").
 2. Clustering, after the last correspondence epoch: the object feature of every `train_single`
    clip (f^v pooled where the image's map with its own audio is high) goes into faiss k-means;
-   the centroids are the visual prototypes P^v and each clip's cluster its pseudo-class.
+   the centroids are the visual prototypes P^v and each clip's cluster its pseudo-class. With
+   `stage1.cluster_pass: epoch` the features are those the epoch's own steps computed (no extra
+   pass over the split); with `eval`, a separate eval-mode pass computes them.
    Then `stage1.class_epochs` epochs of DSOL's localization-classification alternation: Eq. 1 plus
    a cross-entropy of each clip's pseudo-class on its object feature (classifier weights P^v) and
    on its f^a (weights: the mean f^a of each cluster), and clustering again after each epoch, so
@@ -212,6 +214,21 @@ def read_split(folder: Path) -> Split:
 # --------------------------------------------------------------------------- model passes
 
 
+def make_deterministic(device: torch.device) -> None:
+    """Bit-reproducible runs on the CPU: deterministic kernels only. The mode would also fill every new
+    tensor with NaN (a guard against reading memory before writing it, which no kernel here does); that
+    fill cost about 5 % of a stage-1 step, so it is off. On CUDA this would need CUBLAS_WORKSPACE_CONFIG
+    and slower kernels: not asked for."""
+    torch.use_deterministic_algorithms(device.type == "cpu")
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def make_optimizer(parameters, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with its multi-tensor ("foreach") update, which torch picks by itself only on CUDA: on the CPU
+    it gives the same values to the bit as the per-tensor loop, in fewer steps of Python."""
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
 def autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA; off on CPU (fp32 there, and deterministic)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -304,6 +321,13 @@ def broadcast(tensor: torch.Tensor, processes: Processes) -> torch.Tensor:
     return on_device.cpu()
 
 
+def broadcast_sum(tensor: torch.Tensor, processes: Processes) -> torch.Tensor:
+    """The sum of `tensor` over the ranks, on every rank (CPU in, CPU out)."""
+    on_device = tensor.to(processes.device)
+    dist.all_reduce(on_device)
+    return on_device.cpu()
+
+
 def mean_over_ranks(values: dict[str, float], processes: Processes) -> dict[str, float]:
     """The mean of each value over the ranks (epoch losses for the log)."""
     if processes.world_size == 1:
@@ -345,6 +369,14 @@ class TrainStep:
         self.in_aii = self.in_class = False
         self.share, self.mixture_members = 0.0, 0
         self.assignment = self.prototypes = self.visual_prototypes = None
+        self.collected: Embeddings | None = None
+        self.seen: torch.Tensor | None = None
+
+    def collect(self, clips: int) -> None:
+        """Keep each clip's object feature and f^a as this epoch's steps compute them (`stage1.cluster_pass:
+        epoch`): rows of `collected`, in folder order, `seen` marking the clips this process's batches held."""
+        self.collected = Embeddings(torch.zeros(clips, self.model_params.dim), torch.zeros(clips, self.model_params.dim))
+        self.seen = torch.zeros(clips, dtype=torch.bool)
 
     def set_classes(self, assignment: torch.Tensor, visual_prototypes: torch.Tensor,
                     audio_centroids: torch.Tensor) -> None:
@@ -381,12 +413,19 @@ class TrainStep:
                           self.stage1_params.negatives)
         losses = {"av_loss": loss_av}
         loss = loss_av
+        own_audio = audio.embedding[:batch_size]
+        objects = None
+        if self.in_class or self.collected is not None:
+            # Each clip's object feature: f^v pooled where its map with its own audio is high.
+            objects = pool_object_features(visual, localization_map(visual, own_audio).detach(),
+                                           self.stage1_params.object_ratio)
+        if self.collected is not None:
+            self.collected.objects[batch["index"]] = objects.detach().float().cpu()
+            self.collected.audio[batch["index"]] = own_audio.detach().float().cpu()
+            self.seen[batch["index"]] = True
         if self.in_class:
             # DSOL's classification task: each clip's pseudo-class from its object feature and from its f^a.
             labels = self.assignment[batch["index"]].to(self.device)
-            own_audio = audio.embedding[:batch_size]
-            objects = pool_object_features(visual, localization_map(visual, own_audio).detach(),
-                                           self.stage1_params.object_ratio)
             temperature = self.model_params.similarity_temperature
             losses["class_loss"] = (pseudo_class_loss(objects, self.visual_prototypes, labels, temperature)
                                     + pseudo_class_loss(own_audio, self.prototypes, labels, temperature))
@@ -405,6 +444,24 @@ class TrainStep:
         loss.backward()
         self.optimizer.step()
         return {name: value.item() for name, value in losses.items()}
+
+
+def epoch_features(step: TrainStep, processes: Processes, previous: Embeddings | None, train_dir: Path) -> Embeddings:
+    """The object features and f^a of every training clip as the epoch's steps computed them, on every rank
+    (each clip reached exactly one rank: the sum over ranks puts every row together). A clip no batch held
+    this epoch (the remainder that `drop_last` leaves out) keeps its row from the previous clustering; at the
+    first clustering there is none, and such rows come from an eval-mode pass over the split."""
+    objects, audio, seen = step.collected.objects, step.collected.audio, step.seen.to(torch.int64)
+    if processes.world_size > 1:
+        objects, audio, seen = (broadcast_sum(tensor, processes) for tensor in (objects, audio, seen))
+    missing = seen == 0
+    if missing.any() and processes.main:  # rank 0 clusters: only it needs every row
+        if previous is None:
+            previous = embed_split(step.model, train_dir, step.model_params, step.stage1_params.object_ratio,
+                                   step.device, step.channels_last)
+        objects[missing], audio[missing] = previous.objects[missing], previous.audio[missing]
+    step.collected = step.seen = None
+    return Embeddings(objects, audio)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -545,8 +602,7 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
     train_dir, test_dir = features_dir / "train_single", features_dir / "test"
     torch.manual_seed(seed)  # the same initial weights in every process
     device = processes.device
-    # CPU runs are bit-reproducible; on CUDA this would need CUBLAS_WORKSPACE_CONFIG and slower kernels.
-    torch.use_deterministic_algorithms(device.type == "cpu")
+    make_deterministic(device)
     channels_last = model_params.channels_last and device.type == "cuda"
     logmel = LogMel(**logmel_settings)  # on the CPU, where the waveforms are mixed
     clusters = stage1_params.clusters
@@ -563,7 +619,7 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
     model = Stage1Model(model_params, clusters, aii_params.enabled).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=stage1_params.lr, weight_decay=stage1_params.weight_decay)
+    optimizer = make_optimizer(model.parameters(), stage1_params.lr, stage1_params.weight_decay)
     # Each process reads its own share of the row groups; stage1.batch_size clips per process and step.
     reader = ShardReader(train_dir, columns=("image", "logmel", "index", "video_id"),
                          batch_size=stage1_params.batch_size, shuffle=True, seed=seed, drop_last=True,
@@ -579,12 +635,14 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
             checkpoint = last_checkpoint(paths.checkpoints, expected_fingerprint)
     start_epoch, history = 0, []
     visual_prototypes = assignment = prototypes = None
+    collected = None  # the features of the last clustering, with `stage1.cluster_pass: epoch`
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_epoch, history = checkpoint["epoch"], checkpoint["history"]
         visual_prototypes, assignment, prototypes = (checkpoint["visual_prototypes"], checkpoint["assignment"],
                                                      checkpoint["audio_prototypes"])
+        collected = Embeddings(*checkpoint["collected"]) if checkpoint["collected"] is not None else None
         if processes.main:
             print(f"stage1: resuming from the checkpoint of epoch {start_epoch}", flush=True)
 
@@ -631,6 +689,9 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
                          train.waveforms, logmel)
         if in_class:
             step.set_classes(assignment, visual_prototypes, prototypes)
+        clusters_after = stage1_params.av_epochs - 1 <= epoch < clustered_epochs
+        if clusters_after and stage1_params.cluster_pass == "epoch":
+            step.collect(len(train.classes))
         if in_aii:
             step.set_aii(mix_share(progress, aii_params.p_start, aii_params.p_end, aii_params.curriculum),
                          members(progress, aii_params.min_mix, aii_params.max_mix, aii_params.curriculum),
@@ -644,15 +705,20 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
                 sums[name] += value
         del batches  # a rank with a batch to spare leaves it unread
 
-        if stage1_params.av_epochs - 1 <= epoch < clustered_epochs:
+        if clusters_after:
             # Clustering on rank 0 after Eq. 1's phase and after every classification epoch: object features of
             # every training clip -> k-means -> P^v and pseudo-classes; the mean f^a of each cluster.
             centroids = torch.zeros(clusters, model_params.dim)
             clip_clusters = torch.zeros(len(train.classes), dtype=torch.int64)
             audio_centroids = torch.zeros(clusters, model_params.dim)
+            if stage1_params.cluster_pass == "epoch":
+                collected = epoch_features(step, processes, collected, train_dir)
             if processes.main:
-                embeddings = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device,
-                                         channels_last)
+                if stage1_params.cluster_pass == "epoch":
+                    embeddings = collected
+                else:
+                    embeddings = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device,
+                                             channels_last)
                 features = embeddings.objects
                 if stage1_params.cluster_features == "audiovisual":
                     features = torch.cat([embeddings.objects, embeddings.audio], dim=1)
@@ -677,7 +743,8 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
             save_checkpoint(paths.checkpoints, {
                 "fingerprint": expected_fingerprint, "epoch": epoch + 1, "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "visual_prototypes": visual_prototypes, "assignment": assignment, "audio_prototypes": prototypes})
+                "visual_prototypes": visual_prototypes, "assignment": assignment, "audio_prototypes": prototypes,
+                "collected": None if collected is None else list(collected)})
 
     if not processes.main:
         return {}

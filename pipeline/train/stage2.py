@@ -35,9 +35,9 @@ from pipeline.reader import ShardReader, make_loader
 from pipeline.shards import atomic_path, write_json
 from pipeline.stage import StageError
 from pipeline.train.referrer import ClassMaps, class_aware_maps, distributions, referrer_loss
-from pipeline.train.stage1 import (Processes, Stage1Model, autocast, last_checkpoint, mean_over_ranks,
-                                   prepare_images, prepare_logmel, save_checkpoint, start_processes,
-                                   stop_processes, wrap_for_training)
+from pipeline.train.stage1 import (Processes, Stage1Model, autocast, last_checkpoint, make_deterministic,
+                                   make_optimizer, mean_over_ranks, prepare_images, prepare_logmel, save_checkpoint,
+                                   start_processes, stop_processes, wrap_for_training)
 
 # The model settings stage 1 recorded that must equal params.yaml's, or the weights would not fit.
 SHAPE_SETTINGS = ("width", "dim", "hidden", "audio_mid_stages")
@@ -168,7 +168,7 @@ def _train_and_write(synth_dir: Path, paths: Stage2Paths, model_params: Model, c
     train_dir = synth_dir / "train"
     torch.manual_seed(seed)
     device = processes.device
-    torch.use_deterministic_algorithms(device.type == "cpu")
+    make_deterministic(device)
     channels_last = model_params.channels_last and device.type == "cuda"
     trained = load_trained(paths.stage1_model, model_params)
     model = trained.model.to(device)
@@ -180,7 +180,7 @@ def _train_and_write(synth_dir: Path, paths: Stage2Paths, model_params: Model, c
     for module in (model.audio, model.aii):
         module.requires_grad_(False)
     learned = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(learned, lr=cmr_params.lr, weight_decay=cmr_params.weight_decay)
+    optimizer = make_optimizer(learned, cmr_params.lr, cmr_params.weight_decay)
     reader = ShardReader(train_dir, columns=("image", "logmel", "index"), batch_size=cmr_params.batch_size,
                          shuffle=True, seed=seed, drop_last=True, rank=processes.rank,
                          world_size=processes.world_size)
