@@ -321,7 +321,7 @@ def broadcast(tensor: torch.Tensor, processes: Processes) -> torch.Tensor:
     return on_device.cpu()
 
 
-def broadcast_sum(tensor: torch.Tensor, processes: Processes) -> torch.Tensor:
+def sum_over_ranks(tensor: torch.Tensor, processes: Processes) -> torch.Tensor:
     """The sum of `tensor` over the ranks, on every rank (CPU in, CPU out)."""
     on_device = tensor.to(processes.device)
     dist.all_reduce(on_device)
@@ -453,7 +453,7 @@ def epoch_features(step: TrainStep, processes: Processes, previous: Embeddings |
     first clustering there is none, and such rows come from an eval-mode pass over the split."""
     objects, audio, seen = step.collected.objects, step.collected.audio, step.seen.to(torch.int64)
     if processes.world_size > 1:
-        objects, audio, seen = (broadcast_sum(tensor, processes) for tensor in (objects, audio, seen))
+        objects, audio, seen = (sum_over_ranks(tensor, processes) for tensor in (objects, audio, seen))
     missing = seen == 0
     if missing.any() and processes.main:  # rank 0 clusters: only it needs every row
         if previous is None:
