@@ -205,6 +205,7 @@ class Aii:
     min_mix: int = knob(lo=2, hi=16)  # clips per mixture at the start
     max_mix: int = knob(lo=2, hi=16)  # clips per mixture at the end
     av_loss_weight: float = knob(lo=0.0)  # weight of Eq. 1 on the single clips during the AII phase
+    sibling_cos: float = knob(lo=0.0, hi=1.0)  # AII targets: other prototypes whose P^a lies this close to a member's are left out (1: none)
 
 
 @dataclass(frozen=True)

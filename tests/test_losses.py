@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from pipeline.train.losses import correspondence_loss, mixture_loss, multi_hot, pseudo_class_loss, single_source_loss
+from pipeline.train.losses import (correspondence_loss, mixture_loss, multi_hot, pseudo_class_loss, sibling_prototypes,
+                                   single_source_loss)
 
 LN = math.log
 
@@ -49,6 +50,41 @@ def test_mixture_loss_of_single_members_equals_single_source_loss():
     labels = torch.tensor([0, 1])
     padded = torch.tensor([[0, -1], [-1, 1]])
     assert torch.allclose(mixture_loss(probabilities, padded), single_source_loss(probabilities, labels))
+
+
+def test_sibling_prototypes_marks_near_duplicates_of_members_only():
+    # P^a_0 and P^a_1 sound the same (cos 0.95), P^a_2 and P^a_3 are apart from them and from each other.
+    cosines = torch.tensor([[1.0, 0.95, 0.1, 0.0],
+                            [0.95, 1.0, 0.2, 0.0],
+                            [0.1, 0.2, 1.0, 0.3],
+                            [0.0, 0.0, 0.3, 1.0]])
+    labels = torch.tensor([[0, -1],   # clip of 0: its sibling 1 is left out
+                           [0, 1],    # both siblings are members: nothing to leave out
+                           [2, 3],    # no near duplicate
+                           [1, 2]])   # 0 is the sibling of member 1
+    assert sibling_prototypes(labels, cosines, 0.9).tolist() == [[False, True, False, False],
+                                                                  [False, False, False, False],
+                                                                  [False, False, False, False],
+                                                                  [True, False, False, False]]
+    # 1.0 keeps every target (cosines never exceed it), 0.25 also reaches the pair (2, 3).
+    assert not sibling_prototypes(labels, cosines, 1.0).any()
+    assert sibling_prototypes(labels, cosines, 0.25)[2].tolist() == [False, False, False, False]
+    assert sibling_prototypes(torch.tensor([[2, -1]]), cosines, 0.25).tolist() == [[False, False, False, True]]
+
+
+def test_mixture_loss_leaves_ignored_terms_out_of_the_mean():
+    probabilities = torch.tensor([[0.8, 0.7, 0.4],
+                                  [0.5, 0.9, 0.2]])
+    member_labels = torch.tensor([[0, -1],   # targets (1, 0, 0), the 0.7 of prototype 1 ignored
+                                  [1, -1]])  # targets (0, 1, 0)
+    ignore = torch.tensor([[False, True, False], [False, False, False]])
+    expected = (-LN(0.8) - LN(0.6)                   # row 1 without its ignored term
+                - LN(0.5) - LN(0.9) - LN(0.8)) / 5  # row 2
+    assert math.isclose(mixture_loss(probabilities, member_labels, ignore).item(), expected, rel_tol=1e-6)
+    assert torch.equal(mixture_loss(probabilities, member_labels, torch.zeros(2, 3, dtype=torch.bool)),
+                       mixture_loss(probabilities, member_labels))
+    with pytest.raises(ValueError, match="ignore must have shape"):
+        mixture_loss(probabilities, member_labels, ignore[:1])
 
 
 def test_mixture_loss_rejects_bad_labels():

@@ -328,3 +328,30 @@ def test_epoch_features_fill_the_clips_no_batch_held_from_the_previous_clusterin
     torch.testing.assert_close(features.objects[held].norm(dim=1), torch.ones(4))
     torch.testing.assert_close(features.audio[held].norm(dim=1), torch.ones(4))
     assert step.collected is None  # the next epoch collects afresh
+
+
+def test_aii_loss_leaves_out_sibling_prototypes_only_when_asked():
+    # aii.sibling_cos < 1: a prototype whose P^a nearly equals a member's (a class split into two visual clusters)
+    # is left out of Eqs. 8/10; with every P^a apart, or at 1.0 (the paper's targets), the loss is unchanged.
+    params = load_params(REPO / "params.yaml")
+    model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE)
+    stage1_params = replace(params.stage1, canvas=2, batch_size=8, clusters=4)
+    rng = np.random.default_rng(0)
+    waveforms = torch.from_numpy(rng.integers(-8000, 8000, size=(8, SAMPLES), dtype=np.int16))
+    logmel = LogMel(**LOGMEL_SETTINGS)
+    batch = {"image": torch.from_numpy(rng.integers(0, 255, size=(8, 3, SIDE, SIDE), dtype=np.uint8)),
+             "logmel": logmel(waveforms), "index": torch.arange(8), "video_id": [f"v{row}" for row in range(8)]}
+    apart = torch.eye(4, 16)  # four orthogonal prototypes
+    siblings = apart.clone()
+    siblings[1] = siblings[0]  # prototypes 0 and 1 sound the same
+
+    def aii_loss(sibling_cos: float, prototypes: torch.Tensor) -> float:
+        torch.manual_seed(0)
+        model = Stage1Model(model_params, clusters=4, aii_enabled=True)
+        step = TrainStep(model, model, torch.optim.AdamW(model.parameters(), lr=1e-3), model_params, stage1_params,
+                         replace(params.aii, sibling_cos=sibling_cos), torch.device("cpu"), False, waveforms, logmel)
+        step.set_aii(0.5, 2, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), prototypes)
+        return step(batch, np.random.default_rng(1))["aii_loss"]
+
+    assert aii_loss(0.9, apart) == aii_loss(1.0, apart)
+    assert aii_loss(0.9, siblings) != aii_loss(1.0, siblings)

@@ -12,10 +12,14 @@ import torch
 import torch.nn.functional as F
 
 
-def _bce(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy, float32, autocast off."""
+def _bce(probabilities: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean binary cross-entropy, float32, autocast off; with `keep` (bool, same shape), the mean over the kept
+    entries only."""
     with torch.autocast(device_type=probabilities.device.type, enabled=False):
-        return F.binary_cross_entropy(probabilities.float(), targets.float())
+        if keep is None:
+            return F.binary_cross_entropy(probabilities.float(), targets.float())
+        losses = F.binary_cross_entropy(probabilities.float(), targets.float(), reduction="none")
+        return (losses * keep).sum() / keep.sum().clamp_min(1)
 
 
 def correspondence_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -63,21 +67,46 @@ def multi_hot(member_labels: torch.Tensor, num_prototypes: int) -> torch.Tensor:
     return targets.clamp(max=1.0)
 
 
-def mixture_loss(probabilities: torch.Tensor, member_labels: torch.Tensor) -> torch.Tensor:
+def mixture_loss(probabilities: torch.Tensor, member_labels: torch.Tensor,
+                 ignore: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 2 / supplement Eq. 10: mean over n of BCE(sim(P^a_n, F^a_n), Y^n) on mixtures,
     Y the multi-hot label of the mixture members (sum of their one-hots, clipped to 1).
 
     probabilities (B, K) from `prototype_similarity` on the expanded features F^a; member_labels
     (B, M) pseudo-class ids of each mixture's members, -1 where a mixture has fewer than M members.
     A row with one member and padding is a single-source sample (this is then Eq. 8), so a batch
-    that holds both single clips and mixtures takes one call.
+    that holds both single clips and mixtures takes one call. `ignore` (B, K) bool leaves those
+    terms out of the mean (`sibling_prototypes`).
     """
     batch, num_prototypes = probabilities.shape
     if member_labels.dim() != 2 or member_labels.shape[0] != batch:
         raise ValueError(f"member_labels must have shape ({batch}, M), got {tuple(member_labels.shape)}")
     if (member_labels.max(dim=1).values < 0).any():
         raise ValueError("every mixture needs at least one member label (a row is all -1)")
-    return _bce(probabilities, multi_hot(member_labels, num_prototypes))
+    targets = multi_hot(member_labels, num_prototypes)
+    if ignore is None:
+        return _bce(probabilities, targets)
+    if ignore.shape != probabilities.shape:
+        raise ValueError(f"ignore must have shape {tuple(probabilities.shape)}, got {tuple(ignore.shape)}")
+    return _bce(probabilities, targets, keep=(~ignore).float())
+
+
+def sibling_prototypes(member_labels: torch.Tensor, prototype_cosines: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, K) bool: the prototypes that are not among a row's members but whose P^a has a cosine above
+    `threshold` with a member's P^a. K > the true classes splits a class into several visual clusters with
+    the same sound (toy music: cosines 0.93-1.0 between such siblings, 0.23 on average between others); a
+    label of 1 for one sibling and 0 for the other asks the audio for a distinction it cannot hear, and
+    the loss then settles on the sibling's share, which for a class split in three or four stays below
+    0.5 everywhere (docs/decisions.md, "Sibling prototypes"). Only the audio prototypes decide; no label.
+
+    member_labels (B, M) as in `mixture_loss`; prototype_cosines (K, K) cos(P^a_i, P^a_j).
+    """
+    num_prototypes = prototype_cosines.shape[0]
+    _check_labels(member_labels, num_prototypes, allow_padding=True)
+    present = member_labels >= 0
+    near = prototype_cosines[member_labels.clamp(min=0)] > threshold  # (B, M, K)
+    near = (near & present[..., None]).any(dim=1)
+    return near & (multi_hot(member_labels, num_prototypes) == 0)
 
 
 def pseudo_class_loss(features: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor,

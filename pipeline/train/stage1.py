@@ -62,7 +62,7 @@ from pipeline.shards import atomic_path, write_json
 from pipeline.stage import StageError
 from pipeline.train.cluster import audio_prototypes, cluster_to_class, kmeans, nmi
 from pipeline.train.curriculum import members, mix_share, plan_mixtures
-from pipeline.train.losses import correspondence_loss, mixture_loss, pseudo_class_loss
+from pipeline.train.losses import correspondence_loss, mixture_loss, pseudo_class_loss, sibling_prototypes
 
 # ImageNet statistics: the usual input normalisation, and what a pretrained trunk expects.
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -388,6 +388,8 @@ class TrainStep:
         """Switch to the AII phase with this epoch's curriculum, pseudo-classes and P^a."""
         self.in_aii, self.share, self.mixture_members = True, share, mixture_members
         self.assignment, self.prototypes = assignment, prototypes.to(self.device)
+        unit = F.normalize(self.prototypes.float(), dim=1)
+        self.prototype_cosines = (unit @ unit.T).clamp(max=1.0)
 
     def __call__(self, batch: dict, rng: np.random.Generator) -> dict[str, float]:
         batch_size = len(batch["index"])
@@ -438,7 +440,9 @@ class TrainStep:
             similarity = prototype_similarity(self.prototypes, torch.cat([
                 audio.embedding[:singles, None, :].expand(singles, *self.prototypes.shape), expanded]),
                 self.model_params.similarity_temperature, self.model_params.similarity_center)
-            losses["aii_loss"] = mixture_loss(similarity, labels)
+            ignore = (sibling_prototypes(labels, self.prototype_cosines, self.aii_params.sibling_cos)
+                      if self.aii_params.sibling_cos < 1.0 else None)  # None: the paper's loss, bit for bit
+            losses["aii_loss"] = mixture_loss(similarity, labels, ignore)
             loss = self.aii_params.av_loss_weight * loss_av + losses["aii_loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
