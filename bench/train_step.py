@@ -13,7 +13,7 @@ Prints the mean step time of each and the overhead of the reader in percent: (re
 
     python bench/train_step.py                     # data/features/music/train_single, AV phase, 3 epochs
     python bench/train_step.py --phase aii --epochs 2 --folder data/features/vggsound/train_single
-    python bench/train_step.py --channels-last     # also channels_last on CPU (the stage uses it on CUDA only)
+    python bench/train_step.py --contiguous        # NCHW tensors instead of the stage's channels_last
 
 Needs the features stage's output (`dvc repro features@music`). The model and batch size are those
 of params.yaml (`model`, `stage1`). It prints figures and asserts nothing.
@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs each way, alternating; the best counts")
     parser.add_argument("--phase", choices=("av", "aii"), default="av",
                         help="av: Eq. 1 steps; aii: mixtures too (p_end share of max_mix clips, random pseudo-classes)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="channels_last memory format on CPU too (docs/decisions.md: faster, but not the stage's)")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="NCHW tensors even where model.channels_last is true (to time the difference)")
     args = parser.parse_args()
 
     folder = ROOT / args.folder
@@ -58,7 +58,7 @@ def main() -> None:
     params = load_params(ROOT / args.params)
     model_params, stage1_params, aii_params = params.model, params.stage1, params.aii
     device = pick_device(stage1_params.device)
-    channels_last = model_params.channels_last and (device.type == "cuda" or args.channels_last)
+    channels_last = model_params.channels_last and not args.contiguous
     logmel = LogMel(**json.loads(summary.read_text())["logmel"])
     waveforms = read_split(folder).waveforms
 

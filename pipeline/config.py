@@ -170,7 +170,7 @@ class Model:
     head_init_bias: float = knob()  # correspondence head: initial bias
     similarity_temperature: float = knob(lo=1e-4)  # prototype similarity: sigmoid((cos - center) / temperature)
     similarity_center: float = knob(lo=-1.0, hi=1.0)  # the cosine that reads as probability 0.5
-    channels_last: bool = knob()  # channels_last memory format on CUDA (ignored on CPU)
+    channels_last: bool = knob()  # channels_last memory format for training, on CUDA and on the CPU
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ def _train_and_write(synth_dir: Path, paths: Stage2Paths, model_params: Model, c
     torch.manual_seed(seed)
     device = processes.device
     make_deterministic(device)
-    channels_last = model_params.channels_last and device.type == "cuda"
+    channels_last = model_params.channels_last  # on the CPU too: faster steps there as well (docs/decisions.md)
     trained = load_trained(paths.stage1_model, model_params)
     model = trained.model.to(device)
     if channels_last:
