@@ -138,11 +138,14 @@ def test_stage_writes_a_loadable_model_and_a_report(finished):
 
 
 @pytest.mark.slow
-def test_two_runs_give_the_same_report(finished, tmp_path, repo_params_module, module_env):
+def test_two_runs_give_the_same_report_and_model_bytes(finished, tmp_path, repo_params_module, module_env):
     workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 3, class_epochs=1))
     run_stage1(workdir, module_env)
     assert (workdir / "reports" / "tiny" / "stage1.json").read_text() == \
         (finished / "reports" / "tiny" / "stage1.json").read_text()
+    # The same bytes, so DVC records the same hash (torch.save once named the zip's folder after the temp file).
+    assert (workdir / "models" / "tiny" / "stage1.pt").read_bytes() == \
+        (finished / "models" / "tiny" / "stage1.pt").read_bytes()
 
 
 @pytest.mark.slow

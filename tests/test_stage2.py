@@ -166,6 +166,8 @@ def test_two_runs_give_the_same_report_and_weights(finished, tmp_path, repo_para
     assert (workdir / "reports" / "tiny" / "stage2.json").read_text() == \
         (finished / "reports" / "tiny" / "stage2.json").read_text()
     assert_same_state(saved_model(finished)["state_dict"], saved_model(workdir)["state_dict"])
+    assert (workdir / "models" / "tiny" / "stage2.pt").read_bytes() == \
+        (finished / "models" / "tiny" / "stage2.pt").read_bytes()
 
 
 @pytest.mark.slow

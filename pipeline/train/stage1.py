@@ -497,11 +497,19 @@ def last_checkpoint(folder: Path, expected_fingerprint: str) -> dict | None:
     return checkpoint
 
 
+def save_torch(obj: object, path: Path) -> None:
+    """torch.save to `path` atomically, the same object always to the same bytes. Given a file name, torch.save
+    names the zip's inner folder after it, here a temporary name with a pid and random letters, so equal
+    weights gave other bytes and another DVC hash in every run; through a file object the folder is torch's
+    fixed "archive"."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        torch.save(obj, file)
+
+
 def save_checkpoint(folder: Path, checkpoint: dict) -> None:
     """Write epoch-NNNN.pt atomically, then drop the older ones."""
     path = folder / f"epoch-{checkpoint['epoch']:04d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    save_torch(checkpoint, path)
     for old in folder.glob("epoch-*.pt"):
         if old != path:
             old.unlink()
@@ -773,22 +781,21 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
     report = {key: round(value, 6) if isinstance(value, float) else value for key, value in report.items()}
 
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    with atomic_path(paths.model) as tmp:
-        torch.save({
-            "state_dict": state,
-            "config": {"width": model_params.width, "dim": model_params.dim, "hidden": model_params.hidden,
-                       "image_size": model_params.image_size, "audio_mid_stages": list(model_params.audio_mid_stages),
-                       "clusters": clusters, "aii_enabled": aii_params.enabled,
-                       "similarity_temperature": model_params.similarity_temperature,
-                       "similarity_center": model_params.similarity_center,
-                       "logmel_offset": LOGMEL_OFFSET, "logmel_scale": LOGMEL_SCALE,
-                       "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD)},
-            "visual_prototypes": visual_prototypes.cpu(),
-            "audio_prototypes": final_prototypes.vectors.cpu(),
-            "train_assignment": assignment.cpu(),
-            # cluster k -> its majority true class ("" for a cluster with no training clip): evaluation only
-            "cluster_to_class": [cluster_classes.get(k, "") for k in range(clusters)],
-        }, tmp)
+    save_torch({
+        "state_dict": state,
+        "config": {"width": model_params.width, "dim": model_params.dim, "hidden": model_params.hidden,
+                   "image_size": model_params.image_size, "audio_mid_stages": list(model_params.audio_mid_stages),
+                   "clusters": clusters, "aii_enabled": aii_params.enabled,
+                   "similarity_temperature": model_params.similarity_temperature,
+                   "similarity_center": model_params.similarity_center,
+                   "logmel_offset": LOGMEL_OFFSET, "logmel_scale": LOGMEL_SCALE,
+                   "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD)},
+        "visual_prototypes": visual_prototypes.cpu(),
+        "audio_prototypes": final_prototypes.vectors.cpu(),
+        "train_assignment": assignment.cpu(),
+        # cluster k -> its majority true class ("" for a cluster with no training clip): evaluation only
+        "cluster_to_class": [cluster_classes.get(k, "") for k in range(clusters)],
+    }, paths.model)
     write_json(report, paths.report)
     live.end()
     return report

@@ -32,12 +32,12 @@ from tqdm import tqdm
 from pipeline.config import Cmr, Model
 from pipeline.models.ier import CorrespondenceHead, prototype_similarity
 from pipeline.reader import ShardReader, make_loader
-from pipeline.shards import atomic_path, write_json
+from pipeline.shards import write_json
 from pipeline.stage import StageError
 from pipeline.train.referrer import ClassMaps, class_aware_maps, distributions, referrer_loss
 from pipeline.train.stage1 import (Processes, Stage1Model, autocast, last_checkpoint, make_deterministic,
                                    make_optimizer, mean_over_ranks, prepare_images, prepare_logmel, save_checkpoint,
-                                   start_processes, stop_processes, wrap_for_training)
+                                   save_torch, start_processes, stop_processes, wrap_for_training)
 
 # The model settings stage 1 recorded that must equal params.yaml's, or the weights would not fit.
 SHAPE_SETTINGS = ("width", "dim", "hidden", "audio_mid_stages")
@@ -249,13 +249,12 @@ def _train_and_write(synth_dir: Path, paths: Stage2Paths, model_params: Model, c
               "processes": processes.world_size,
               "final_loss": round(history[-1]["referrer_loss"], 6) if history else None}
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    with atomic_path(paths.model) as tmp:
-        torch.save({"state_dict": state,
-                    "config": trained.config | {"silent_filter": cmr_params.silent_filter,
-                                                "offscreen_filter": cmr_params.offscreen_filter,
-                                                "temperature": cmr_params.temperature},
-                    "visual_prototypes": trained.visual_prototypes, "audio_prototypes": trained.audio_prototypes,
-                    "cluster_to_class": trained.cluster_to_class}, tmp)
+    save_torch({"state_dict": state,
+                "config": trained.config | {"silent_filter": cmr_params.silent_filter,
+                                            "offscreen_filter": cmr_params.offscreen_filter,
+                                            "temperature": cmr_params.temperature},
+                "visual_prototypes": trained.visual_prototypes, "audio_prototypes": trained.audio_prototypes,
+                "cluster_to_class": trained.cluster_to_class}, paths.model)
     write_json(report, paths.report)
     live.end()
     # cmr.epochs: 0 (the "w/o CMR" ablation) logs no step, so dvclive makes no curve folder; DVC expects it
