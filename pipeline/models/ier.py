@@ -13,7 +13,7 @@
 Precision: similarities, the head and the pooled features are computed in float32 with autocast
 off (they are tiny next to the convolutions, and a bf16 cosine carries only ~3 digits, which
 sigmoid(cos / 0.1) would amplify); the convolutions run in whatever autocast / memory format the
-caller chose (bf16 and channels_last on CUDA, fp32 on CPU).
+caller chose (bf16 on CUDA, fp32 on the CPU; channels_last on both by default).
 """
 from __future__ import annotations
 
