@@ -1,4 +1,5 @@
-"""pipeline.diagnose on the tiny pipeline's real outputs: its `evaluated` class maps are the ones evaluate scored."""
+"""pipeline.diagnose and pipeline.diagnose_stage1 on the tiny pipeline's real outputs: they reproduce what the
+stages scored (evaluate's class maps, stage 1's test NMI)."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from pipeline.diagnose import TERMS, diagnose
+from pipeline.diagnose_stage1 import diagnose_stage1
 from tests.conftest import stage_environment
 
 
@@ -34,3 +37,31 @@ def test_command_prints_one_row_per_set_and_term(tiny_pipeline):
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [line for line in run.stdout.splitlines() if line.startswith(("| syn |", "| un |", "| duet |"))]
     assert len(rows) == 3 * len(TERMS) + 3  # the terms of each set, then p^a of each set
+
+
+@pytest.mark.slow
+def test_stage1_diagnosis_reproduces_the_stage_nmi_and_covers_every_test_clip(tiny_pipeline):
+    for dataset in ("music", "vggsound"):
+        report = json.loads((tiny_pipeline / "reports" / dataset / "stage1.json").read_text())
+        result = diagnose_stage1(tiny_pipeline, dataset, tiny_pipeline / "params.yaml")
+        assert result["nmi"] == pytest.approx(report["nmi"], abs=1e-6), dataset  # the stage's own test assignment
+        rows = result["classes"].values()
+        assert sum(row["clips"] for row in rows) == report["test_clips"]
+        assert all(sum(row["clusters"].values()) == row["clips"] for row in rows)
+        assert all(0 <= k < report["clusters"] for row in rows for k in row["clusters"])
+        for label, row in result["classes"].items():
+            assert all(0.0 <= row[key] <= 1.0 for key in ("recognised", "probe_object", "probe_audio")), row
+            assert row["taken_for"] != label
+            assert (row["taken_for"] is None) == (row["recognised"] == 1.0), row
+
+
+@pytest.mark.slow
+def test_stage1_diagnosis_command_prints_one_row_per_class(tiny_pipeline):
+    run = subprocess.run([sys.executable, "-m", "pipeline.diagnose_stage1", "vggsound"], cwd=tiny_pipeline,
+                         env=stage_environment(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    classes = yaml.safe_load((tiny_pipeline / "params.yaml").read_text())["datasets"]["vggsound"]["toy"]["classes"]
+    rows = [line for line in run.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith(("| class", "| ---"))]
+    assert sorted(row.split(" | ")[0][2:] for row in rows) == sorted(classes)
+    assert run.stdout.startswith("vggsound: test NMI ")
