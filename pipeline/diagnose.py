@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -123,12 +124,17 @@ def markdown(dataset: str, results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def command_line(doc: str, measure: Callable[[Path, str, Path], dict], table: Callable[[str, dict], str]) -> None:
+    """`python -m <module> <dataset> [--params params.yaml]`: measure the dataset in this directory, print the table."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("dataset", help="a dataset role of params.yaml, e.g. music")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    print(markdown(args.dataset, diagnose(Path("."), args.dataset, Path(args.params))))
+    print(table(args.dataset, measure(Path("."), args.dataset, Path(args.params))))
+
+
+def main() -> None:
+    command_line(__doc__, diagnose, markdown)
 
 
 if __name__ == "__main__":

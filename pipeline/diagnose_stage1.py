@@ -20,17 +20,15 @@ outputs of `dvc repro stage1@<dataset>`. Labels are used here, as in the stage's
 """
 from __future__ import annotations
 
-import argparse
-import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 
 from pipeline.config import load_params
+from pipeline.diagnose import command_line
 from pipeline.train.cluster import nmi
 from pipeline.train.stage1 import embed_split, pick_device, read_split
 from pipeline.train.stage2 import load_trained
@@ -94,11 +92,7 @@ def markdown(dataset: str, result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", help="a dataset role of params.yaml, e.g. music")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args()
-    print(markdown(args.dataset, diagnose_stage1(Path("."), args.dataset, Path(args.params))))
+    command_line(__doc__, diagnose_stage1, markdown)
 
 
 if __name__ == "__main__":
