@@ -6,11 +6,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
 from pipeline.diagnose import TERMS, diagnose
-from pipeline.diagnose_stage1 import diagnose_stage1
+from pipeline.diagnose_stage1 import diagnose_stage1, linear_probe
 from tests.conftest import stage_environment
 
 
@@ -65,3 +66,17 @@ def test_stage1_diagnosis_command_prints_one_row_per_class(tiny_pipeline):
             if line.startswith("| ") and not line.startswith(("| class", "| ---"))]
     assert sorted(row.split(" | ")[0][2:] for row in rows) == sorted(classes)
     assert run.stdout.startswith("vggsound: test NMI ")
+
+
+def test_linear_probe_finds_planted_classes_and_cannot_split_identical_ones():
+    rng = np.random.default_rng(0)
+    centers = {"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0], "c": [0.0, 0.0, 1.0]}
+    def clips(classes: list[str]) -> np.ndarray:
+        return np.array([centers[label] for label in classes]) + rng.normal(0.0, 0.1, (len(classes), 3))
+    train_classes, test_classes = ["a", "b", "c"] * 20, ["a", "b", "c"] * 10
+    assert list(linear_probe(clips(train_classes), train_classes, clips(test_classes))) == test_classes
+    centers["b"] = centers["a"]  # b now looks exactly like a: the probe can get at most one of the two right
+    predicted = linear_probe(clips(train_classes), train_classes, clips(test_classes))
+    truth = np.array(test_classes)
+    assert np.all(predicted[truth == "c"] == "c")
+    assert np.mean(predicted[truth != "c"] == truth[truth != "c"]) < 0.8
