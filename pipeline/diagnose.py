@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from pipeline.config import load_params
+from pipeline.config import ConfigError, load_params
 from pipeline.evaluate import CLASS_AWARE_SETS, batches, prepared, sounding_boxes
 from pipeline.metrics import (NSA_THRESHOLD, boxes_mask, class_aware_iou, class_maps, non_sounding_area, resize_map,
                               success_rate)
 from pipeline.models.ier import localization_map, localization_map_pairs, prototype_similarity
+from pipeline.stage import StageError
 from pipeline.train.stage2 import load_trained
 
 TERMS = ("evaluated", "visual", "audio")
@@ -125,12 +127,18 @@ def markdown(dataset: str, results: dict) -> str:
 
 
 def command_line(doc: str, measure: Callable[[Path, str, Path], dict], table: Callable[[str, dict], str]) -> None:
-    """`python -m <module> <dataset> [--params params.yaml]`: measure the dataset in this directory, print the table."""
+    """`python -m <module> <dataset> [--params params.yaml]`: measure the dataset in this directory, print the table.
+    A missing or unfitting input (bad params, no model yet) prints one line and exits 2, as a stage does."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("dataset", help="a dataset role of params.yaml, e.g. music")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    print(table(args.dataset, measure(Path("."), args.dataset, Path(args.params))))
+    try:
+        result = measure(Path("."), args.dataset, Path(args.params))
+    except (ConfigError, StageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(table(args.dataset, result))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from pipeline.diagnose import TERMS, diagnose
 from pipeline.diagnose_stage1 import diagnose_stage1, linear_probe
-from tests.conftest import stage_environment
+from tests.conftest import REPO, stage_environment
 
 
 @pytest.mark.slow
@@ -80,3 +80,13 @@ def test_linear_probe_finds_planted_classes_and_cannot_split_identical_ones():
     truth = np.array(test_classes)
     assert np.all(predicted[truth == "c"] == "c")
     assert np.mean(predicted[truth != "c"] == truth[truth != "c"]) < 0.8
+
+
+@pytest.mark.parametrize("module", ["pipeline.diagnose", "pipeline.diagnose_stage1"])
+def test_command_without_a_trained_model_is_one_line(tmp_path, module):
+    run = subprocess.run([sys.executable, "-m", module, "music", "--params", str(REPO / "params.yaml")], cwd=tmp_path,
+                         env=stage_environment(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    model = "stage1" if module.endswith("stage1") else "stage2"
+    missing = f"error: models/music/{model}.pt: not found (run the stage that writes it first)"
+    assert run.stderr.strip().splitlines() == [missing]
