@@ -15,8 +15,9 @@ Prints the mean step time of each and the overhead of the reader in percent: (re
     python bench/train_step.py --phase aii --epochs 2 --folder data/features/vggsound/train_single
     python bench/train_step.py --contiguous        # NCHW tensors instead of the stage's channels_last
 
-Needs the features stage's output (`dvc repro features@music`). The model and batch size are those
-of params.yaml (`model`, `stage1`). It prints figures and asserts nothing.
+Needs the features stage's output (`dvc repro features@music`) and the pretrain stage's
+(`model.visual_pretrained`). The model and batch size are those of params.yaml (`model`, `stage1`).
+It prints figures and asserts nothing.
 """
 from __future__ import annotations
 

@@ -156,6 +156,24 @@ class Detect:
 
 
 @dataclass(frozen=True)
+class Pretrain:
+    """Toy ImageNet: labelled stills of the toy glyphs that pretrain the visual trunk (pipeline/pretrain.py)."""
+
+    classes: list[str] = knob()  # label set ([]: every glyph class of the toy world)
+    images_per_class: int = knob(lo=1)  # training stills per class
+    val_images_per_class: int = knob(lo=1)  # held-out stills per class (the report's accuracy)
+    object_scale: list[float] = knob(lo=0.02, hi=1.0)  # the glyph's longer side / image side, [min, max]
+    rotation_deg: float = knob(lo=0.0, hi=180.0)  # glyphs are tilted up to this many degrees either way
+    clutter: int = knob(lo=0)  # random shapes on each still's backdrop
+    epochs: int = knob(lo=1)  # passes over the training stills
+    batch_size: int = knob(lo=1)  # stills per step
+    lr: float = knob(lo=0.0, hi=1.0)  # AdamW learning rate
+    weight_decay: float = knob(lo=0.0, hi=1.0)  # AdamW weight decay
+    flip: bool = knob()  # random horizontal flips
+    device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
+
+
+@dataclass(frozen=True)
 class Model:
     """The IEr networks (pipeline/models): shared by stage 1 and stage 2."""
 
@@ -247,6 +265,7 @@ class Params:
     features: Features
     synth: Synth
     detect: Detect
+    pretrain: Pretrain
     model: Model
     stage1: Stage1
     aii: Aii
@@ -341,7 +360,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if params.aii.min_mix > params.aii.max_mix:
         raise ConfigError(f"{path}: aii.min_mix: must be <= aii.max_mix ({params.aii.max_mix}), "
                           f"got {params.aii.min_mix}")
+    _check_pair(params.pretrain.object_scale, f"{path}: pretrain.object_scale")
     return params
+
+
+def _check_pair(pair: list, where: str) -> None:
+    if len(pair) != 2 or pair[0] > pair[1]:
+        raise ConfigError(f"{where}: must be [min, max] with min <= max, got {pair}")
 
 
 def _check_dataset(name: str, dataset: Dataset, path: Path) -> None:
@@ -351,9 +376,7 @@ def _check_dataset(name: str, dataset: Dataset, path: Path) -> None:
     if len(toy.classes) < 2 or len(set(toy.classes)) != len(toy.classes):
         raise ConfigError(f"{where}.toy.classes: need at least 2 distinct classes")
     for key in ("object_scale", "distractors"):
-        pair = getattr(toy, key)
-        if len(pair) != 2 or pair[0] > pair[1]:
-            raise ConfigError(f"{where}.toy.{key}: must be [min, max] with min <= max, got {pair}")
+        _check_pair(getattr(toy, key), f"{where}.toy.{key}")
     if dataset.source == "toy" and dataset.test_videos_per_class > toy.solo_videos_per_class - 2:
         raise ConfigError(
             f"{where}.test_videos_per_class: must leave at least 2 training videos per class "

@@ -74,6 +74,7 @@ def tiny_pipeline_params() -> dict:
         params["synth"][mix_set]["count"] = 16
     params["detect"].update(epochs=1, image_size=64, max_train_images=32)
     params["model"].update(width=4, dim=16, hidden=16, image_size=64)
+    params["pretrain"].update(images_per_class=2, val_images_per_class=1, epochs=1)  # every glyph class, 2 stills
     params["stage1"].update(batch_size=8, av_epochs=2, class_epochs=1, clusters=6, eval_mixtures=12)
     params["aii"]["epochs"] = 2
     params["cmr"].update(epochs=1, batch_size=8)

@@ -69,7 +69,7 @@ def make_split(folder: Path, videos_per_class: int, clips_per_video: int, seed: 
 
 def tiny_params(repo_params: dict, av_epochs: int, aii_epochs: int, class_epochs: int = 0) -> dict:
     params = copy.deepcopy(repo_params)
-    params["model"].update(width=4, dim=16, hidden=16, image_size=SIDE)
+    params["model"].update(width=4, dim=16, hidden=16, image_size=SIDE, visual_pretrained="")
     params["stage1"].update(batch_size=8, av_epochs=av_epochs, class_epochs=class_epochs, clusters=5,
                             kmeans_niter=5, eval_mixtures=12, device="cpu")
     params["aii"].update(epochs=aii_epochs)
@@ -282,7 +282,7 @@ def test_single_clips_train_eq8_on_f_a_and_only_mixtures_reach_the_aii(share):
     # Supplement Eq. 8 scores the plain f^a of a single clip; only Eq. 10's mixtures use the expanded F^a.
     # So with no mixtures in the batch the distinguishing steps get no gradient, and with some they do.
     params = load_params(REPO / "params.yaml")
-    model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE)
+    model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE, visual_pretrained="")
     stage1_params = replace(params.stage1, canvas=2, batch_size=8, clusters=4)
     torch.manual_seed(0)
     model = Stage1Model(model_params, clusters=4, aii_enabled=True)
@@ -308,7 +308,7 @@ def test_epoch_features_fill_the_clips_no_batch_held_from_the_previous_clusterin
     # stage1.cluster_pass: epoch clusters the features the steps computed; the clips that drop_last left out of
     # this epoch keep their rows from the previous clustering.
     params = load_params(REPO / "params.yaml")
-    model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE)
+    model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE, visual_pretrained="")
     stage1_params = replace(params.stage1, canvas=2, batch_size=4, clusters=2, cluster_pass="epoch")
     torch.manual_seed(0)
     model = Stage1Model(model_params, clusters=2, aii_enabled=True)
@@ -337,7 +337,7 @@ def test_aii_loss_leaves_out_sibling_prototypes_only_when_asked():
     # aii.sibling_cos < 1: a prototype whose P^a nearly equals a member's (a class split into two visual clusters)
     # is left out of Eqs. 8/10; with every P^a apart, or at 1.0 (the paper's targets), the loss is unchanged.
     params = load_params(REPO / "params.yaml")
-    model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE)
+    model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE, visual_pretrained="")
     stage1_params = replace(params.stage1, canvas=2, batch_size=8, clusters=4)
     rng = np.random.default_rng(0)
     waveforms = torch.from_numpy(rng.integers(-8000, 8000, size=(8, SAMPLES), dtype=np.int16))

@@ -22,7 +22,7 @@ SAMPLES, SIDE, BATCH = 4000, 32, 8  # 8: two 2x2 canvases (stage1.canvas)
 
 def tiny_settings() -> tuple[Model, Stage1, Aii]:
     params = load_repo_params()
-    model = Model(**(params["model"] | dict(width=4, dim=16, hidden=16, image_size=SIDE)))
+    model = Model(**(params["model"] | dict(width=4, dim=16, hidden=16, image_size=SIDE, visual_pretrained="")))
     stage1 = Stage1(**(params["stage1"] | dict(batch_size=BATCH, clusters=3, device="cpu")))
     return model, stage1, Aii(**params["aii"])
 

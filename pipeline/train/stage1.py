@@ -479,7 +479,10 @@ def fingerprint(features_dir: Path, model_params: Model, stage1_params: Stage1, 
             for folder in ("train", "models") for path in sorted((package / folder).glob("*.py"))}
     settings = {"seed": seed, "model": dataclasses.asdict(model_params), "stage1": dataclasses.asdict(stage1_params),
                 "aii": dataclasses.asdict(aii_params), "data": (features_dir / "summary.json").read_text(),
-                "code": code}
+                "code": code,
+                # the pretrained trunks' contents: a new pretrain output under the same path starts over too
+                "pretrained": [hashlib.sha256(Path(name).read_bytes()).hexdigest() if name else ""
+                               for name in (model_params.visual_pretrained, model_params.audio_pretrained)]}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -85,7 +85,9 @@ def load_trained(path: Path, model_params: Model) -> Trained:
         wanted = list(wanted) if isinstance(wanted, (list, tuple)) else wanted
         if config[name] != wanted:
             raise StageError(f"{path}: trained with model.{name} = {config[name]}, params.yaml has {wanted}")
-    model = Stage1Model(model_params, config["clusters"], config["aii_enabled"])
+    # Every weight comes from the file: the pretrained trunks named in params are not read (nor needed).
+    from_file = dataclasses.replace(model_params, visual_pretrained="", audio_pretrained="")
+    model = Stage1Model(from_file, config["clusters"], config["aii_enabled"])
     mismatch = _state_mismatch(model.state_dict(), saved["state_dict"])
     if mismatch:
         raise StageError(f"{path}: the weights do not fit the networks its config describes ({mismatch})")

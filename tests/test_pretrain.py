@@ -1,0 +1,115 @@
+"""Toy ImageNet (pipeline/pretrain.py, stages/pretrain.py): labelled stills, a trunk that learns them, its weights
+loading into the visual net, and one-line errors."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.config import ConfigError, Model, Pretrain, load_params
+from pipeline.models.ier import VisualEncoder
+from pipeline.models.nets import load_pretrained, visual_trunk
+from pipeline.pretrain import pretrain_classes, render_set, render_still, run_pretrain
+from pipeline.sources.toy_glyphs import GLYPHS
+from pipeline.stage import StageError
+from tests.conftest import REPO, load_repo_params
+
+
+def tiny(classes: list[str], **changes) -> tuple[Model, Pretrain]:
+    params = load_params(REPO / "params.yaml")
+    model = dataclasses.replace(params.model, width=4, image_size=48)
+    pretrain = dataclasses.replace(params.pretrain, classes=classes, device="cpu", **changes)
+    return model, pretrain
+
+
+def test_still_shows_one_glyph_of_its_class_on_a_backdrop():
+    _, pretrain = tiny(["piano"], clutter=0, object_scale=[0.5, 0.5], rotation_deg=0.0)
+    still = render_still(np.random.default_rng(0), "piano", 64, pretrain)
+    assert still.shape == (64, 64, 3) and still.dtype == np.uint8
+    # the piano glyph's black keys: a backdrop colour is drawn with value >= 0.35, so only the glyph is near black
+    assert (still.max(axis=2) < 40).sum() > 20
+
+
+def test_render_set_labels_and_reproducibility():
+    _, pretrain = tiny(["piano", "tree", "dog"])
+    images, labels = render_set(["piano", "tree", "dog"], 2, 32, pretrain, np.random.default_rng(1))
+    assert images.shape == (6, 3, 32, 32) and images.dtype == torch.uint8
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    again, _ = render_set(["piano", "tree", "dog"], 2, 32, pretrain, np.random.default_rng(1))
+    assert torch.equal(images, again)
+    assert not torch.equal(images[0], images[1])  # each still is drawn anew
+
+
+def test_classes_default_to_every_glyph_and_unknown_ones_are_named():
+    _, pretrain = tiny([])
+    assert "violin" in pretrain_classes(pretrain) and "tree" in pretrain_classes(pretrain)
+    _, pretrain = tiny(["violin", "theremin"])
+    with pytest.raises(StageError, match="pretrain.classes: no toy glyph for theremin"):
+        pretrain_classes(pretrain)
+
+
+def test_object_scale_must_be_an_ordered_pair(tmp_path):
+    params = load_repo_params()
+    params["pretrain"]["object_scale"] = [0.6, 0.2]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"pretrain.object_scale: must be \[min, max\]"):
+        load_params(path)
+
+
+def test_pretrain_learns_the_classes_and_its_weights_load_into_the_visual_net(tmp_path):
+    # two glyphs of different shape and colour: a few epochs must take the held-out accuracy well above chance
+    model, pretrain = tiny(["piano", "tree"], images_per_class=48, val_images_per_class=16, epochs=6,
+                           batch_size=16, lr=0.003)
+    weights, report_path = tmp_path / "models" / "visual.pt", tmp_path / "reports" / "pretrain.json"
+    report = run_pretrain(weights, report_path, model, pretrain, seed=0)
+    assert json.loads(report_path.read_text()) == report
+    assert report["classes"] == ["piano", "tree"] and report["train_images"] == 96 and report["val_images"] == 32
+    assert report["accuracy"] >= 0.8, report
+    trunk = visual_trunk(model.width)
+    load_pretrained(trunk, weights)  # every trunk weight under torchvision's names, the right shapes
+    state = torch.load(weights, weights_only=True)
+    assert all(torch.equal(value, state[key]) for key, value in trunk.state_dict().items())
+    encoder = VisualEncoder(model.width, model.dim, model.hidden, pretrained=weights)
+    assert torch.equal(encoder.trunk.conv1.weight, state["conv1.weight"])
+    assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def test_same_params_give_the_same_weights(tmp_path):
+    model, pretrain = tiny(["piano", "tree"], images_per_class=4, val_images_per_class=2, epochs=1, batch_size=4)
+    for run in ("a", "b"):
+        run_pretrain(tmp_path / run / "visual.pt", tmp_path / run / "pretrain.json", model, pretrain, seed=0)
+    assert (tmp_path / "a" / "visual.pt").read_bytes() == (tmp_path / "b" / "visual.pt").read_bytes()
+
+
+def test_stage_reports_bad_params_in_one_line(tmp_path, stage_env):
+    params = load_repo_params()
+    params["pretrain"]["classes"] = ["violin", "theremin"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run([sys.executable, "-m", "stages.pretrain"], cwd=tmp_path, env=stage_env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == ["pretrain: error: pretrain.classes: no toy glyph for theremin "
+                                               f"(have: {', '.join(sorted(GLYPHS))})"]
+    assert not (tmp_path / "models").exists()
+
+
+def test_stage1_checkpoints_of_other_pretrained_weights_are_not_resumed(tmp_path):
+    # DVC reruns stage 1 when the pretrain stage writes new weights under the same path; its persisted
+    # checkpoints must then start over instead of resuming a run that began from the old weights
+    from pipeline.train.stage1 import fingerprint
+    params = load_params(REPO / "params.yaml")
+    (tmp_path / "summary.json").write_text("{}")
+    weights = tmp_path / "visual.pt"
+    weights.write_bytes(b"old weights")
+    model = dataclasses.replace(params.model, visual_pretrained=str(weights))
+    before = fingerprint(tmp_path, model, params.stage1, params.aii, seed=0)
+    assert fingerprint(tmp_path, model, params.stage1, params.aii, seed=0) == before
+    weights.write_bytes(b"new weights")
+    assert fingerprint(tmp_path, model, params.stage1, params.aii, seed=0) != before
