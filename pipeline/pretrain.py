@@ -101,9 +101,15 @@ def run_pretrain(weights_path: Path, report_path: Path, model_params: Model, pre
                  seed: int) -> dict:
     """Render the stills, train the classifier, write the trunk's weights and the report; return the report."""
     started = time.perf_counter()
+    if pretrain_params.device == "cuda" and not torch.cuda.is_available():
+        raise StageError("pretrain.device: cuda asked but torch sees no CUDA device")
     device = pick_device(pretrain_params.device)
     make_deterministic(device)
     classes = pretrain_classes(pretrain_params)
+    stills = len(classes) * pretrain_params.images_per_class
+    if pretrain_params.batch_size > stills:
+        raise StageError(f"pretrain.batch_size: {pretrain_params.batch_size} is more than the {stills} training "
+                         f"stills (pretrain.images_per_class x {len(classes)} classes)")
     # The stills come from their own stream (not the toy videos' seeds), the training order from another.
     render_rng = np.random.default_rng([seed, 7411])
     size = model_params.image_size

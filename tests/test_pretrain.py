@@ -113,3 +113,18 @@ def test_stage1_checkpoints_of_other_pretrained_weights_are_not_resumed(tmp_path
     assert fingerprint(tmp_path, model, params.stage1, params.aii, seed=0) == before
     weights.write_bytes(b"new weights")
     assert fingerprint(tmp_path, model, params.stage1, params.aii, seed=0) != before
+
+
+def test_a_batch_larger_than_the_stills_is_named_before_anything_is_rendered(tmp_path):
+    model, pretrain = tiny(["piano", "tree"], images_per_class=4, batch_size=16)
+    with pytest.raises(StageError, match=r"pretrain.batch_size: 16 is more than the 8 training stills"):
+        run_pretrain(tmp_path / "visual.pt", tmp_path / "pretrain.json", model, pretrain, seed=0)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_without_cuda_names_the_pretrain_key(tmp_path):
+    model, pretrain = tiny(["piano", "tree"])
+    with pytest.raises(StageError, match=r"^pretrain.device: cuda asked but torch sees no CUDA device$"):
+        run_pretrain(tmp_path / "visual.pt", tmp_path / "pretrain.json", model,
+                     dataclasses.replace(pretrain, device="cuda"), seed=0)
