@@ -1,12 +1,14 @@
 # Two commands on a fresh machine: `make repro` (install + the toy pipeline) and `make test`.
 VENV ?= .venv
+# `make seeds` runs seeds 0..SEEDS-1
+SEEDS ?= 3
 PY := $(VENV)/bin/python
 # Stage commands run `python ...`: put the virtualenv first on PATH for dvc and its children.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export YOLO_OFFLINE := 1
 
-.PHONY: install repro test bench ablations
+.PHONY: install repro test bench ablations seeds
 
 install: $(VENV)/.installed
 
@@ -32,3 +34,9 @@ bench: install
 # report page (pipeline/ablations.py). ONLY=no-cmr,un-3-3-2 runs a subset.
 ablations: install
 	$(PY) -m pipeline.ablations $(if $(ONLY),--only $(ONLY))
+
+# Seeds 0..SEEDS-1 of the training and evaluation stages as DVC experiments on the committed, reproduced workspace
+# (data and the pretrained trunk fixed) -> reports/seeds.md, reports/seeds.json, the README's results table and
+# the report page (pipeline/seeds.py).
+seeds: install
+	$(PY) -m pipeline.seeds --seeds $(SEEDS)

@@ -348,13 +348,16 @@ def unrunnable(ablations: list[Ablation], params: dict) -> dict[str, str]:
     return why
 
 
-def check_committed(repo: Path) -> None:
-    """The experiments run on HEAD plus the workspace's changes, the full row is HEAD: they must agree."""
+def check_committed(repo: Path, own_outputs: set[str] = OWN_OUTPUTS) -> None:
+    """The experiments run on HEAD plus the workspace's changes, the full row is HEAD: they must agree.
+
+    `own_outputs`: the files the calling command writes itself, which may differ from HEAD.
+    """
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, text=True,
                             capture_output=True)
     if status.returncode != 0:
         raise AblationError(f"{repo}: not a git repository ({status.stderr.strip()})")
-    changed = [line[3:] for line in status.stdout.splitlines() if line[3:] not in OWN_OUTPUTS]
+    changed = [line[3:] for line in status.stdout.splitlines() if line[3:] not in own_outputs]
     if changed:
         raise AblationError(f"uncommitted changes in {', '.join(changed[:5])}: commit them first, so that the "
                             "experiments and the full IEr row (HEAD) share one baseline")

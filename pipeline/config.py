@@ -68,13 +68,16 @@ class YoutubeSource:
     duet_index_sha256: str
     classes: list[str]  # keep only these labels ([] keeps all)
     max_videos_per_class: int = knob(lo=0)  # 0 = no limit
+    reference_boxes: list[str]  # local files of human-checked boxes in DSOL's format (evaluation; [] = none)
 
 
 @dataclass(frozen=True)
 class Dataset:
     source: Literal["toy", "youtube"]
     test_videos_per_class: int = knob(lo=1)  # solo videos per class held out for evaluation
+    val_videos_per_class: int = knob(lo=1)  # solo videos per class held out for choosing thresholds (val)
     duet_test_videos_per_pair: int = knob(lo=0)  # duet videos per class pair held out (music)
+    duet_val_videos_per_pair: int = knob(lo=0)  # duet videos per class pair for val (music)
     toy: ToyWorld = knob()
     youtube: YoutubeSource = knob()
 
@@ -134,6 +137,7 @@ class Synth:
     syn: MixSet = knob()  # MUSIC-Synthetic / VGG-Synthetic test mosaics
     un: MixSet = knob()  # Unconstrained test set
     train: MixSet = knob()  # stage-2 training set, made from train_mix
+    val_count: int = knob(lo=1)  # mosaics of each val set (val_syn, val_un: the syn / un recipes on the val clips)
     volume_jitter_db: float = knob(lo=0.0, hi=40.0)  # each member's gain is drawn in +-this
     jpeg_quality: int = knob(lo=10, hi=100)  # of the mosaic images
     shard_rows: int = knob(lo=1)
@@ -252,6 +256,10 @@ class Evaluate:
     iou_success: float = knob(lo=0.0, hi=1.0)  # single source: a sample counts in iou50 at IoU >= this (0.5)
     ciou_success: float = knob(lo=0.0, hi=1.0)  # class-aware: an image counts in ciou30 at CIoU >= this (0.3)
     examples: int = knob(lo=0)  # test mosaics per set kept with their maps for the report
+    boxes: Literal["auto", "truth", "detector"]  # the boxes metrics score against (auto: toy truth, youtube detector)
+    lit_share: float = knob(lo=0.0, hi=1.0)  # an object is lit when at least this share of its box is predicted (0.3)
+    grounded_success: float = knob(lo=0.0, hi=1.0)  # grounded iou30 counts images with IoU >= this (0.3)
+    threshold_steps: int = knob(lo=2, hi=1000)  # candidate absolute thresholds tried on val, evenly in (0, 1)
     batch_size: int = knob(lo=1)  # images per forward pass
     device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
 
@@ -259,6 +267,7 @@ class Evaluate:
 @dataclass(frozen=True)
 class Params:
     seed: int
+    data_seed: int
     datasets: dict[str, Dataset]
     download: Download
     clips: Clips
@@ -377,8 +386,9 @@ def _check_dataset(name: str, dataset: Dataset, path: Path) -> None:
         raise ConfigError(f"{where}.toy.classes: need at least 2 distinct classes")
     for key in ("object_scale", "distractors"):
         _check_pair(getattr(toy, key), f"{where}.toy.{key}")
-    if dataset.source == "toy" and dataset.test_videos_per_class > toy.solo_videos_per_class - 2:
+    held_out = dataset.test_videos_per_class + dataset.val_videos_per_class
+    if dataset.source == "toy" and held_out > toy.solo_videos_per_class - 2:
         raise ConfigError(
-            f"{where}.test_videos_per_class: must leave at least 2 training videos per class "
-            f"(toy.solo_videos_per_class is {toy.solo_videos_per_class})"
+            f"{where}.test_videos_per_class + val_videos_per_class: must leave at least 2 training videos per "
+            f"class (toy.solo_videos_per_class is {toy.solo_videos_per_class})"
         )

@@ -499,7 +499,7 @@ def run_download(params: Params, dataset_name: str, raw_root: Path = Path("data/
     settings = params.download
     raw_dir = Path(raw_root) / dataset_name
     if dataset.source == "toy":
-        result = _download_toy(dataset, params.seed, dataset_name, settings, raw_dir, sleep)
+        result = _download_toy(dataset, params.data_seed, dataset_name, settings, raw_dir, sleep)
     else:
         where = f"datasets.{dataset_name}.youtube"
         requests = youtube_requests(dataset.youtube, settings.section_seconds, raw_dir / "index", where)

@@ -1,7 +1,8 @@
 """Log-mel features (torchaudio) and the features stage.
 
 The features stage splits the clips of a dataset by video into `train_single`,
-`train_mix`, `test` and `duet`, adds the log-mel of every clip (and, with
+`train_mix`, `val`, `test`, `duet_val` and `duet` (val: every choice, test: scored once),
+adds the log-mel of every clip (and, with
 `features.store_pixels`, its frame 0 decoded, so that training never decodes
 JPEGs), and writes `data/features/<ds>/<split>/shard-NNNNN.parquet` plus
 `summary.json` (docs/data.md, section "features").
@@ -32,8 +33,8 @@ from pipeline.config import Dataset, Features
 from pipeline.shards import ShardWriter, atomic_dir, write_json
 from pipeline.stage import StageError
 
-SPLITS = ("train_single", "train_mix", "test", "duet")
-UNUSED = "unused"  # duet videos past `duet_test_videos_per_pair` of their class pair
+SPLITS = ("train_single", "train_mix", "val", "test", "duet_val", "duet")
+UNUSED = "unused"  # duet videos past the test and val duet videos of their class pair
 FEATURES_BATCH = 256  # clips per log-mel call: large enough to amortise torch's per-call cost
 # lz4 for the small columns, dictionary pages for the repetitive strings only; the array columns
 # are stored uncompressed (`parquet_options`).
@@ -174,13 +175,16 @@ def logmel_shape(settings: Mapping, clip_samples: int) -> tuple[int, int]:
 
 
 def assign_splits(videos: Iterable[Mapping], test_videos_per_class: int,
-                  duet_test_videos_per_pair: int) -> dict[str, str]:
+                  duet_test_videos_per_pair: int, val_videos_per_class: int = 0,
+                  duet_val_videos_per_pair: int = 0) -> dict[str, str]:
     """{video_id: split} for videos given in index order as mappings with `video_id`, `kind`, `labels`.
 
     Solo videos, per class (labels[0]) in index order: the first `test_videos_per_class`
-    go to `test`, the rest alternate `train_single`, `train_mix`. Duet videos, per
-    class pair in index order: the first `duet_test_videos_per_pair` go to `duet`,
-    the rest are `unused` (the pipeline trains on solo videos only).
+    go to `test`, the next `val_videos_per_class` to `val`, the rest alternate
+    `train_single`, `train_mix`. Duet videos, per class pair in index order: the first
+    `duet_test_videos_per_pair` go to `duet` (the test duets), the next
+    `duet_val_videos_per_pair` to `duet_val`, the rest are `unused` (the pipeline trains
+    on solo videos only).
     """
     seen_per_group: collections.Counter = collections.Counter()
     splits: dict[str, str] = {}
@@ -193,14 +197,22 @@ def assign_splits(videos: Iterable[Mapping], test_videos_per_class: int,
                 raise ValueError(f"video {video_id}: solo video without a label")
             group = ("solo", labels[0])
             rank = seen_per_group[group]
+            held_out = test_videos_per_class + val_videos_per_class
             if rank < test_videos_per_class:
                 splits[video_id] = "test"
+            elif rank < held_out:
+                splits[video_id] = "val"
             else:
-                splits[video_id] = ("train_single", "train_mix")[(rank - test_videos_per_class) % 2]
+                splits[video_id] = ("train_single", "train_mix")[(rank - held_out) % 2]
         elif kind == "duet":
             group = ("duet", *sorted(labels))
             rank = seen_per_group[group]
-            splits[video_id] = "duet" if rank < duet_test_videos_per_pair else UNUSED
+            if rank < duet_test_videos_per_pair:
+                splits[video_id] = "duet"
+            elif rank < duet_test_videos_per_pair + duet_val_videos_per_pair:
+                splits[video_id] = "duet_val"
+            else:
+                splits[video_id] = UNUSED
         else:
             raise ValueError(f"video {video_id}: kind must be solo or duet, got {kind!r}")
         seen_per_group[group] += 1
@@ -372,7 +384,8 @@ def run_features(clips_dir: str | Path, out_dir: str | Path, features_params: Fe
     clip_samples, clip_seconds = clip_timing(clips_dir, videos)
     try:
         splits = assign_splits(videos, dataset_params.test_videos_per_class,
-                               dataset_params.duet_test_videos_per_pair)
+                               dataset_params.duet_test_videos_per_pair, dataset_params.val_videos_per_class,
+                               dataset_params.duet_val_videos_per_pair)
     except ValueError as err:
         raise StageError(f"{clips_dir}: {err}") from None
 
@@ -392,10 +405,11 @@ def run_features(clips_dir: str | Path, out_dir: str | Path, features_params: Fe
 
     members = {split: [video for video in videos if splits[video["video_id"]] == split]
                for split in (*SPLITS, UNUSED)}
-    for split in ("train_single", "test"):
+    for split in ("train_single", "val", "test"):
         if not members[split]:
-            raise StageError(f"{clips_dir}: no video for split {split} "
-                             f"(test_videos_per_class is {dataset_params.test_videos_per_class})")
+            raise StageError(f"{clips_dir}: no video for split {split} (test_videos_per_class is "
+                             f"{dataset_params.test_videos_per_class}, val_videos_per_class is "
+                             f"{dataset_params.val_videos_per_class})")
 
     summary_splits = {}
     with atomic_dir(out_dir) as tmp_dir:
@@ -417,10 +431,12 @@ def run_features(clips_dir: str | Path, out_dir: str | Path, features_params: Fe
                             for label in video["labels"]}),
             splits=summary_splits,
             unused=dict(videos=len(unused), clips=sum(v["n_clips"] for v in unused),
-                        why="duet videos past duet_test_videos_per_pair of their class pair"),
+                        why="duet videos past the test and val duets of their class pair"),
             skipped_videos=skipped,
             test_videos_per_class=dataset_params.test_videos_per_class,
+            val_videos_per_class=dataset_params.val_videos_per_class,
             duet_test_videos_per_pair=dataset_params.duet_test_videos_per_pair,
+            duet_val_videos_per_pair=dataset_params.duet_val_videos_per_pair,
             row_group_rows=features_params.row_group_rows,
         )
         write_json(summary, tmp_dir / "summary.json")

@@ -97,9 +97,12 @@ def accuracy_per_class(model: Classifier, images: torch.Tensor, labels: torch.Te
     return np.array([correct[labels.numpy() == label].mean() for label in range(classes)])
 
 
-def run_pretrain(weights_path: Path, report_path: Path, model_params: Model, pretrain_params: Pretrain,
-                 seed: int) -> dict:
-    """Render the stills, train the classifier, write the trunk's weights and the report; return the report."""
+def run_pretrain(weights_path: Path, report_path: Path, run_path: Path, model_params: Model,
+                 pretrain_params: Pretrain, seed: int) -> dict:
+    """Render the stills, train the classifier, write the trunk's weights and the report; return the report.
+
+    The report (a DVC metric) holds results only; wall times go to `run_path` (not a metric).
+    """
     started = time.perf_counter()
     if pretrain_params.device == "cuda" and not torch.cuda.is_available():
         raise StageError("pretrain.device: cuda asked but torch sees no CUDA device")
@@ -150,11 +153,12 @@ def run_pretrain(weights_path: Path, report_path: Path, model_params: Model, pre
     save_torch(trunk_state, weights_path)
     report = {"classes": classes, "train_images": len(train_labels), "val_images": len(val_labels),
               "accuracy": float(per_class.mean()),
-              "accuracy_per_class": {name: float(value) for name, value in zip(classes, per_class)},
-              "render_seconds": round(rendered - started, 1),
-              "train_seconds": round(time.perf_counter() - rendered, 1)}
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = report_path.with_name(report_path.name + ".tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    temporary.replace(report_path)
+              "accuracy_per_class": {name: float(value) for name, value in zip(classes, per_class)}}
+    run_facts = {"render_seconds": round(rendered - started, 1),
+                 "train_seconds": round(time.perf_counter() - rendered, 1)}
+    for path, content in ((report_path, report), (run_path, run_facts)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(content, indent=2) + "\n")
+        temporary.replace(path)
     return report

@@ -8,6 +8,8 @@ interference levels of its Table 9: (sounding, silent, off-screen) =
 (2, 2, 1), (3, 3, 2), (4, 4, 3). The stage-2 training set is made the same way
 from the `train_mix` clips. One generic recipe, `make_mosaic_set`, builds all
 of them from a `MixSet`; the duet set is the held-out duet clips as recorded.
+Each test set has a val twin made the same way from the val videos (`val_syn`,
+`val_un`, `val_duet`): evaluation chooses its thresholds there.
 
 Mixing follows the paper: the mixture is the average of its members'
 waveforms, each member first scaled by a random gain (volume jitter); the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +46,10 @@ SAMPLES_PER_BATCH = 64  # mixtures mixed, log-mel'd and encoded together
 INT16_MAX = 32767
 
 # Which features split each set is made from.
-SET_SOURCES = {"syn": "test", "un": "test", "train": "train_mix", "duet": "duet"}
+SET_SOURCES = {"syn": "test", "un": "test", "train": "train_mix", "duet": "duet",
+               "val_syn": "val", "val_un": "val", "val_duet": "duet_val"}
+# The val sets follow the recipe of their test set (synth.syn, synth.un) with synth.val_count mosaics.
+VAL_RECIPES = {"val_syn": "syn", "val_un": "un"}
 
 BOX_FIELDS = [("x0", pa.float32()), ("y0", pa.float32()), ("x1", pa.float32()), ("y1", pa.float32())]
 TILE_TYPE = pa.struct([("clip_id", pa.string()), ("class", pa.string()), *BOX_FIELDS, ("sounding", pa.bool_())])
@@ -367,7 +373,7 @@ def _render_mosaics(clips: ClipPool, mix: MixSet, plan: MosaicPlan, name: str, l
 
 
 def make_duet_set(clips: ClipPool, logmel_shape_expected: tuple[int, int],
-                  batch_size: int = SAMPLES_PER_BATCH) -> Iterator[pa.Table]:
+                  batch_size: int = SAMPLES_PER_BATCH, name: str = "duet") -> Iterator[pa.Table]:
     """The duet clips as recorded: one 1x1 'mosaic' each, every labelled instrument sounding.
 
     Image, waveform and log-mel are the clip's own. `tiles` has one row per
@@ -391,7 +397,7 @@ def make_duet_set(clips: ClipPool, logmel_shape_expected: tuple[int, int],
             for obj in clips.objects[row]:
                 tile_index = labels.index(obj["class"]) if obj["class"] in labels else 0
                 objects += carry_objects([obj], tile_index, 0, 0, 1, tile_sounding=True)
-            columns["sample_id"].append(f"duet_{row:06d}")
+            columns["sample_id"].append(f"{name}_{row:06d}")
             columns["image"].append(clips.frames[row])
             columns["grid"].append(1)
             columns["tiles"].append(tiles)
@@ -443,8 +449,9 @@ def _write_set(batches: Iterator[pa.Table], folder: Path, total: int, synth: Syn
 def run_synth(features_dir: str | Path, out_dir: str | Path, synth: Synth, seed: int) -> dict:
     """Build every set of one dataset from its features; returns (and writes) the summary.
 
-    Writes `<out_dir>/<set>/shard-*.parquet` for syn, un, train (and duet when
-    the features have duet clips) and `<out_dir>/summary.json`, all at once
+    Writes `<out_dir>/<set>/shard-*.parquet` for syn, un, train, val_syn, val_un
+    (and duet, val_duet when the features have duet clips) and
+    `<out_dir>/summary.json`, all at once
     (the folder replaces the old one only when complete).
     """
     features_dir, out_dir = Path(features_dir), Path(out_dir)
@@ -452,8 +459,9 @@ def run_synth(features_dir: str | Path, out_dir: str | Path, synth: Synth, seed:
     pools: dict[str, ClipPool | None] = {}
     summary: dict = {"sets": {}}
     with atomic_dir(out_dir) as tmp:
-        for name in ("syn", "un", "train"):
-            mix: MixSet = getattr(synth, name)
+        for name in ("syn", "un", "train", *VAL_RECIPES):
+            mix: MixSet = getattr(synth, name) if name not in VAL_RECIPES else dataclasses.replace(
+                getattr(synth, VAL_RECIPES[name]), count=synth.val_count)
             split = SET_SOURCES[name]
             if split not in pools:
                 pools[split] = read_split(features_dir / split)
@@ -472,16 +480,20 @@ def run_synth(features_dir: str | Path, out_dir: str | Path, synth: Synth, seed:
                 batches = iter(())
             info.update(_write_set(batches, tmp / name, mix.count, synth, name))
             summary["sets"][name] = info
-        duet = read_split(features_dir / "duet", with_logmel=True)
-        if duet is None:
-            summary["sets"]["duet"] = {"source_split": "duet", "samples": 0,
-                                       "skipped": f"{features_dir / 'duet'} has no clips"}
-        else:
-            batches = make_duet_set(duet, logmel_shape_of(logmel, duet.waveforms.shape[1]))
-            info = {"source_split": "duet", "grid": 1, "source_clips": len(duet)}
-            info.update(_write_set(batches, tmp / "duet", len(duet), synth, "duet"))
-            summary["sets"]["duet"] = info
-        samples = next((pool.waveforms.shape[1] for pool in [*pools.values(), duet] if pool is not None), None)
+        duets = []
+        for name in ("duet", "val_duet"):
+            split = SET_SOURCES[name]
+            duet = read_split(features_dir / split, with_logmel=True)
+            if duet is None:
+                summary["sets"][name] = {"source_split": split, "samples": 0,
+                                         "skipped": f"{features_dir / split} has no clips"}
+                continue
+            duets.append(duet)
+            batches = make_duet_set(duet, logmel_shape_of(logmel, duet.waveforms.shape[1]), name=name)
+            info = {"source_split": split, "grid": 1, "source_clips": len(duet)}
+            info.update(_write_set(batches, tmp / name, len(duet), synth, name))
+            summary["sets"][name] = info
+        samples = next((pool.waveforms.shape[1] for pool in [*pools.values(), *duets] if pool is not None), None)
         if samples is not None:
             summary["logmel_shape"] = list(logmel_shape_of(logmel, samples))
         write_json(summary, tmp / "summary.json")

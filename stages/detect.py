@@ -10,9 +10,10 @@ def body(params: Params, dataset: str) -> None:
         boxes_path=f"data/boxes/{dataset}.parquet",
         weights_path=f"models/{dataset}/detector.pt",
         report_path=f"reports/{dataset}/detector.json",
+        run_path=f"reports/{dataset}/detector-run.json",
         params=params.detect,
         source=params.datasets[dataset].source,
-        seed=params.seed,
+        seed=params.data_seed,
     )
     map50 = "n/a" if report["map50"] is None else f"{report['map50']:.3f}"
     print(

@@ -18,6 +18,7 @@ from pipeline.stage import StageError
 
 WEIGHTS = Path("models/pretrain/visual.pt")
 REPORT = Path("reports/pretrain.json")
+RUN_FACTS = Path("reports/pretrain-run.json")  # wall times: not a metric
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     start = time.perf_counter()
     try:
         params = load_params(args.params)
-        report = run_pretrain(WEIGHTS, REPORT, params.model, params.pretrain, params.seed)
+        report = run_pretrain(WEIGHTS, REPORT, RUN_FACTS, params.model, params.pretrain, params.data_seed)
     except (ConfigError, StageError) as err:
         print(f"pretrain: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,6 +1,6 @@
-"""Stage synth: mosaics with mixed audio (syn, un, train) and the duet set, from the features.
+"""Stage synth: mosaics with mixed audio (syn, un, train) and the duet set, and their val twins, from the features.
 
-python -m stages.synth <dataset>   ->  data/synth/<dataset>/{syn,un,train,duet}/, summary.json
+python -m stages.synth <dataset>   ->  data/synth/<dataset>/{syn,un,train,duet,val_syn,val_un,val_duet}/, summary.json
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pipeline.synth import run_synth
 
 
 def body(params: Params, dataset: str) -> None:
-    summary = run_synth(Path("data/features") / dataset, Path("data/synth") / dataset, params.synth, params.seed)
+    summary = run_synth(Path("data/features") / dataset, Path("data/synth") / dataset, params.synth, params.data_seed)
     for name, info in summary["sets"].items():
         if info.get("skipped"):
             print(f"synth@{dataset}: {name}: skipped ({info['skipped']})")

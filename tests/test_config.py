@@ -24,6 +24,17 @@ def test_repo_params_load():
     assert params.datasets["music"].source == "toy"
     assert len(params.datasets["music"].toy.classes) >= 8
     assert len(params.datasets["vggsound"].toy.classes) >= 8
+    # every dataset holds out a val split (thresholds are chosen there); music also val duets
+    assert all(dataset.val_videos_per_class >= 1 for dataset in params.datasets.values())
+    assert params.datasets["music"].duet_val_videos_per_pair >= 1
+    assert isinstance(params.data_seed, int) and params.synth.val_count >= 1
+
+
+def test_test_and_val_videos_may_leave_exactly_two_training_videos(tmp_path, repo_params):
+    data = copy.deepcopy(repo_params)
+    solo = data["datasets"]["music"]["toy"]["solo_videos_per_class"]
+    data["datasets"]["music"].update(test_videos_per_class=2, val_videos_per_class=solo - 4)
+    assert load_params(write(tmp_path, data)).datasets["music"].val_videos_per_class == solo - 4
 
 
 @pytest.mark.parametrize(
@@ -38,6 +49,22 @@ def test_repo_params_load():
         (lambda p: p["datasets"]["vggsound"]["toy"].update(object_scale=[0.5, 0.2]), "datasets.vggsound.toy.object_scale: must be [min, max]"),
         (lambda p: p["synth"]["un"].update(sounding=0), "synth.un.sounding: must be >= 1, got 0"),
         (lambda p: p["download"].update(sleep_s=True), "download.sleep_s: must be a number"),
+        # the validation split's keys (issue 21)
+        (lambda p: p.pop("data_seed"), "data_seed: missing"),
+        (lambda p: p.update(data_seed="x"), "data_seed: must be an integer"),
+        (lambda p: p["datasets"]["music"].update(val_videos_per_class=0),
+         "datasets.music.val_videos_per_class: must be >= 1, got 0"),
+        (lambda p: p["datasets"]["music"].update(duet_val_videos_per_pair=-1),
+         "datasets.music.duet_val_videos_per_pair: must be >= 0, got -1"),
+        (lambda p: p["datasets"]["music"].update(test_videos_per_class=2, val_videos_per_class=15),
+         "datasets.music.test_videos_per_class + val_videos_per_class: must leave at least 2 training videos"),
+        (lambda p: p["datasets"]["music"]["youtube"].update(reference_boxes="boxes.json"),
+         "datasets.music.youtube.reference_boxes: must be a list"),
+        (lambda p: p["synth"].update(val_count=0), "synth.val_count: must be >= 1, got 0"),
+        (lambda p: p["evaluate"].update(boxes="gt"), "evaluate.boxes: must be one of auto | truth | detector"),
+        (lambda p: p["evaluate"].update(lit_share=1.5), "evaluate.lit_share: must be <= 1.0, got 1.5"),
+        (lambda p: p["evaluate"].update(grounded_success=-0.1), "evaluate.grounded_success: must be >= 0.0"),
+        (lambda p: p["evaluate"].update(threshold_steps=1), "evaluate.threshold_steps: must be >= 2, got 1"),
     ],
 )
 def test_errors_name_the_key(tmp_path, repo_params, edit, message):

@@ -133,7 +133,7 @@ def write_features(root: Path, clips_per_split: dict[str, int], seed: int = 0, w
         rows = []
         for i in range(count):
             sounding = ("guitar", "violin")[i % 2]
-            kind = "duet" if split == "duet" else "solo"
+            kind = "duet" if split.startswith("duet") else "solo"
             shown = [sounding, "person"] if i % 3 == 0 else [sounding]
             jpeg, objects = draw_frame(rng, shown)
             rows.append({"clip_id": f"{split}{i:03d}_0000", "video_id": f"{split}{i:03d}", "labels": [sounding],
@@ -213,13 +213,23 @@ def test_export_writes_jpegs_as_they_are_and_one_label_file_per_frame(tmp_path):
 
 def test_read_frames_takes_frame_zero_objects_and_requires_test(tmp_path):
     write_features(tmp_path, {"test": 3})
-    frames = read_frames(tmp_path, EVAL_SPLITS, required=("test",))  # duet is absent: fine
+    frames = read_frames(tmp_path, EVAL_SPLITS, required=("test",))  # val and the duets are absent: fine
     assert frames.clip_ids == ["test000_0000", "test001_0000", "test002_0000"]
     assert Image.open(io.BytesIO(frames.jpegs[0])).size == (FRAME_SIZE, FRAME_SIZE)
     assert set(frames.truth["clip_id"]) == set(frames.clip_ids)
     assert list(frames.truth.columns) == ["clip_id", "class", "x0", "y0", "x1", "y1"]
     with pytest.raises(StageError, match="train_single: no feature shards"):
         read_frames(tmp_path, TRAIN_SPLITS, required=("train_single",))
+
+
+def test_evaluation_frames_are_those_of_val_test_and_both_duet_splits(tmp_path):
+    """Evaluate scores val (thresholds) and test against the detector's boxes: both need them."""
+    assert set(EVAL_SPLITS) == {"val", "test", "duet_val", "duet"} and not set(EVAL_SPLITS) & set(TRAIN_SPLITS)
+    write_features(tmp_path, {"train_single": 2, "train_mix": 2, "val": 2, "test": 2, "duet_val": 1, "duet": 1})
+    frames = read_frames(tmp_path, EVAL_SPLITS, required=("test",))
+    assert frames.clip_ids == ["val000_0000", "val001_0000", "test000_0000", "test001_0000", "duet_val000_0000",
+                               "duet000_0000"]
+    assert set(frames.truth["clip_id"]) == set(frames.clip_ids)
 
 
 def test_subsample_is_seeded_and_keeps_truth_with_its_frames(tmp_path):
@@ -335,7 +345,8 @@ def test_youtube_missing_weights_is_a_one_line_error(tmp_path):
     params = load_params(params_file(tmp_path, model="weights/yolov8n-oiv7.pt", class_map={"Violin": "violin"}))
     with pytest.raises(StageError, match=r"weights file weights/yolov8n-oiv7.pt not found; the youtube source"):
         run_detect(tmp_path / "features", tmp_path / "boxes.parquet", tmp_path / "detector.pt",
-                   tmp_path / "detector.json", params.detect, source="youtube", seed=0)
+                   tmp_path / "detector.json", tmp_path / "detector-run.json", params.detect,
+                   source="youtube", seed=0)
     assert not (tmp_path / "boxes.parquet").exists()
 
 
@@ -348,7 +359,8 @@ def test_youtube_maps_detector_classes_and_reports_no_map(trained, tmp_path):
     params = load_params(params_file(tmp_path, model=str(weights), image_size=64, confidence=0.0,
                                      class_map=class_map))
     report = run_detect(tmp_path / "features", tmp_path / "boxes.parquet", tmp_path / "detector.pt",
-                        tmp_path / "detector.json", params.detect, source="youtube", seed=0)
+                        tmp_path / "detector.json", tmp_path / "detector-run.json", params.detect,
+                        source="youtube", seed=0)
     table = pq.read_table(tmp_path / "boxes.parquet")
     assert table.schema == BOXES_SCHEMA
     # the barely trained detector finds boxes of more than one class at the 0.001 floor; only
@@ -379,8 +391,9 @@ socket.create_connection = socket.getaddrinfo = socket.gethostbyname = _refuse
 
 def test_stage_end_to_end_offline_and_deterministic(tmp_path):
     """`python -m stages.detect music` twice in a repo-like folder, the network refused."""
-    write_features(tmp_path / "data/features/music", {"train_single": 16, "train_mix": 8, "test": 8, "duet": 4})
-    params_file(tmp_path, **{**TINY, "epochs": 1})
+    write_features(tmp_path / "data/features/music", {"train_single": 16, "train_mix": 8, "val": 4, "test": 8,
+                                                      "duet_val": 2, "duet": 4})
+    params_path = params_file(tmp_path, **{**TINY, "epochs": 1})
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(SOCKET_GUARD % str(tmp_path / "attempts.log"))
@@ -391,21 +404,28 @@ def test_stage_end_to_end_offline_and_deterministic(tmp_path):
     env["PYTHONPATH"] = f"{guard}{os.pathsep}{REPO}"
 
     outputs = []
-    for _ in range(2):
+    for run_number in range(2):
+        if run_number:  # the detector draws from data_seed: another training seed changes nothing
+            params = yaml.safe_load(params_path.read_text())
+            params["seed"] += 1
+            params_path.write_text(yaml.safe_dump(params))
         run = subprocess.run([sys.executable, "-m", "stages.detect", "music", "--params", "params.yaml"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         outputs.append(pq.read_table(tmp_path / "data/boxes/music.parquet"))
     assert not (tmp_path / "attempts.log").exists(), (tmp_path / "attempts.log").read_text()
-    assert "detect@music: 12 evaluation frames" in run.stdout
+    assert "detect@music: 18 evaluation frames" in run.stdout  # val, test, duet_val and duet
 
     table = outputs[0]
     assert table.schema == BOXES_SCHEMA
-    assert outputs[1].equals(table)  # same seed, same boxes
+    assert outputs[1].equals(table)  # same data_seed, same boxes
+    assert {clip_id.rstrip("0123456789_") for clip_id in table.column("clip_id").to_pylist()} <= \
+        {"val", "test", "duet_val", "duet"}  # boxes on evaluation frames only
     report = json.loads((tmp_path / "reports/music/detector.json").read_text())
-    assert report["images"] == 12 and report["train_images"] == 24 and report["epochs"] == 1
+    assert report["images"] == 18 and report["train_images"] == 24 and report["epochs"] == 1
     assert 0.0 <= report["map50"] <= 1.0 and set(report["per_class_ap50"]) == set(SHAPES)
-    assert report["boxes"] == table.num_rows and report["seconds"] > 0
+    assert report["boxes"] == table.num_rows and "seconds" not in report  # a metric file holds no wall time
+    assert json.loads((tmp_path / "reports/music/detector-run.json").read_text())["seconds"] > 0
     assert (tmp_path / "models/music/detector.pt").stat().st_size > 100_000
     assert (tmp_path / ".yolo/Ultralytics/settings.json").is_file()
     leftovers = {p.name for p in tmp_path.iterdir()} - {"data", "models", "reports", ".yolo", "params.yaml", "guard"}

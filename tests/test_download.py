@@ -257,7 +257,8 @@ def test_index_fetched_over_http_once_and_checked(served, tmp_path):
 def tiny_toy_params(repo_params: dict, tmp_path: Path) -> Path:
     music = repo_params["datasets"]["music"]
     music["test_videos_per_class"] = 1
-    music["toy"].update(classes=["violin", "guitar"], solo_videos_per_class=3, duet_videos=1,
+    music["val_videos_per_class"] = 1  # with the test video, leaves the 2 training videos config asks for
+    music["toy"].update(classes=["violin", "guitar"], solo_videos_per_class=4, duet_videos=1,
                         seconds_per_video=2, image_size=64, fps=4)
     repo_params["download"]["min_ok"] = 2
     path = tmp_path / "params.yaml"
@@ -268,13 +269,16 @@ def tiny_toy_params(repo_params: dict, tmp_path: Path) -> Path:
 def test_toy_stage_end_to_end(repo_params, stage_env, tmp_path):
     from pipeline.sources import toy
 
+    # the toy world draws from data_seed; `seed` (training and evaluation) must not reach it
+    repo_params.update(seed=5, data_seed=3)
     params_path = tiny_toy_params(repo_params, tmp_path)
     run = subprocess.run([sys.executable, "-m", "stages.download", "music", "--params", str(params_path)],
                          cwd=tmp_path, env=stage_env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     raw = tmp_path / "data/raw/music"
     manifest = pq.read_table(raw / "manifest.parquet").to_pylist()
-    planned = toy.plan_videos(load_params(params_path).datasets["music"].toy, 0, "music")
+    world = load_params(params_path).datasets["music"].toy
+    planned = toy.plan_videos(world, 3, "music")
     assert [row["video_id"] for row in manifest] == [video.video_id for video in planned]
     assert all(row["status"] == "ok" and row["url"] == f"http://127.0.0.1/{row['video_id']}.mp4" for row in manifest)
     assert {row["kind"] for row in manifest} == {"solo", "duet"}
@@ -283,5 +287,9 @@ def test_toy_stage_end_to_end(repo_params, stage_env, tmp_path):
     truth = pq.read_table(raw / "truth.parquet")
     assert truth.schema.equals(toy.TRUTH_SCHEMA) and truth.num_rows > 0
     assert set(truth.column("video_id").to_pylist()) == {row["video_id"] for row in manifest}
+    first = planned[0]
+    rendered = [row for row in truth.to_pylist() if row["video_id"] == first.video_id]
+    assert rendered == toy.scene_truth(first, toy.video_scene(first, world, 3, "music"), world).to_pylist()
+    assert rendered != toy.scene_truth(first, toy.video_scene(first, world, 5, "music"), world).to_pylist()
     assert sorted(p.name for p in raw.iterdir()) == ["manifest.parquet", "truth.parquet", "videos"]
     assert f"{len(manifest)} ok, 0 failed" in run.stdout

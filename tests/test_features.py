@@ -100,7 +100,8 @@ def params():
 
 @pytest.fixture(scope="module")
 def dataset_params(params):
-    return dataclasses.replace(params.datasets["music"], test_videos_per_class=2, duet_test_videos_per_pair=1)
+    return dataclasses.replace(params.datasets["music"], test_videos_per_class=2, val_videos_per_class=1,
+                               duet_test_videos_per_pair=1, duet_val_videos_per_pair=1)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +143,15 @@ def test_assign_splits_takes_test_videos_first_then_alternates_per_class():
     assert splits == {**{f"{label}{n}": splits[f"dog{n}"] for label in ("cat", "dog", "owl") for n in range(6)},
                       # the pair (cat, dog) is the same pair however its labels are ordered
                       "duet0": "duet", "duet1": "unused", "duet2": "duet", "duet3": "unused"}
+
+
+def test_assign_splits_holds_out_val_videos_after_the_test_ones():
+    videos = [dict(video_id=video_id, kind=kind, labels=labels) for video_id, kind, labels, _ in toy_videos(6)]
+    splits = assign_splits(videos, test_videos_per_class=2, duet_test_videos_per_pair=1, val_videos_per_class=1,
+                           duet_val_videos_per_pair=1)
+    assert [splits[f"owl{n}"] for n in range(6)] == \
+        ["test", "test", "val", "train_single", "train_mix", "train_single"]
+    assert [splits[f"duet{n}"] for n in range(4)] == ["duet", "duet_val", "duet", "unused"]
 
 
 def test_assign_splits_rejects_unknown_kinds_and_repeated_videos():
@@ -234,9 +244,10 @@ def test_logmel_of_a_clip_ignores_its_batch_and_the_thread_count(params):
 def test_every_clip_lands_once_in_the_split_of_its_video(built, dataset_params):
     root, summary = built
     videos = [dict(video_id=video_id, kind=kind, labels=labels) for video_id, kind, labels, _ in toy_videos()]
-    expected = assign_splits(videos, dataset_params.test_videos_per_class, dataset_params.duet_test_videos_per_pair)
+    expected = assign_splits(videos, dataset_params.test_videos_per_class, dataset_params.duet_test_videos_per_pair,
+                             dataset_params.val_videos_per_class, dataset_params.duet_val_videos_per_pair)
     seen_clips = []
-    for split in ("train_single", "train_mix", "test", "duet"):
+    for split in ("train_single", "train_mix", "val", "test", "duet_val", "duet"):
         table = read_split(root / "features", split)
         assert {expected[video_id] for video_id in table.column("video_id").to_pylist()} == {split}
         seen_clips += table.column("clip_id").to_pylist()
@@ -246,9 +257,12 @@ def test_every_clip_lands_once_in_the_split_of_its_video(built, dataset_params):
                for k in range(n)]
     assert sorted(seen_clips) == sorted(written)  # each once: no clip in two splits, none lost
     assert summary["splits"]["test"] == dict(videos=6, clips=18, shards=1)
-    assert summary["splits"]["duet"]["videos"] == 2
-    assert summary["unused"]["videos"] == 2 and summary["unused"]["clips"] == 4
+    assert summary["splits"]["val"] == dict(videos=3, clips=9, shards=1)
+    assert summary["splits"]["duet"]["videos"] == 2 and summary["splits"]["duet_val"]["videos"] == 1
+    assert summary["unused"]["videos"] == 1 and summary["unused"]["clips"] == 2
     assert summary["skipped_videos"] == 1
+    assert (summary["test_videos_per_class"], summary["val_videos_per_class"],
+            summary["duet_test_videos_per_pair"], summary["duet_val_videos_per_pair"]) == (2, 1, 1, 1)
 
 
 def test_rows_follow_index_order_then_clip_index(built):
@@ -328,16 +342,32 @@ def test_reader_reads_what_the_stage_wrote(built):
 
 
 def test_missing_clip_file_and_wrong_counts_are_named(tmp_path, params, dataset_params):
-    write_clips(tmp_path / "clips", toy_videos(3, 2))
+    # 4 videos per class: 2 test, 1 val, 1 train_single, so that only the broken file can stop the stage
+    write_clips(tmp_path / "clips", toy_videos(4, 2))
     (tmp_path / "clips" / "videos" / "owl2.parquet").unlink()
     with pytest.raises(StageError, match=r"owl2\.parquet: not found"):
         run_features(tmp_path / "clips", tmp_path / "out", params.features, dataset_params, SAMPLE_RATE)
-    write_clips(tmp_path / "clips2", toy_videos(3, 2))
+    write_clips(tmp_path / "clips2", toy_videos(4, 2))
     index = pq.read_table(tmp_path / "clips2" / "videos.parquet").to_pylist()
     index[0]["n_clips"] = 5
     write_table(pa.Table.from_pylist(index, schema=VIDEOS_SCHEMA), tmp_path / "clips2" / "videos.parquet")
     with pytest.raises(StageError, match=r"cat0\.parquet: 2 clips, videos\.parquet says 5"):
         run_features(tmp_path / "clips2", tmp_path / "out", params.features, dataset_params, SAMPLE_RATE)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("videos_per_class, val_videos_per_class, empty", [
+    (3, 1, "train_single"),  # 2 test + 1 val videos per class leave nothing to train on
+    (4, 0, "val"),  # no val video: thresholds would have to be chosen on test
+])
+def test_an_empty_train_single_or_val_split_is_a_one_line_error_naming_the_keys(
+        tmp_path, params, dataset_params, videos_per_class, val_videos_per_class, empty):
+    write_clips(tmp_path / "clips", toy_videos(videos_per_class, 2))
+    dataset = dataclasses.replace(dataset_params, val_videos_per_class=val_videos_per_class)
+    with pytest.raises(StageError) as err:
+        run_features(tmp_path / "clips", tmp_path / "out", params.features, dataset, SAMPLE_RATE)
+    assert str(err.value) == (f"{tmp_path / 'clips'}: no video for split {empty} (test_videos_per_class is 2, "
+                              f"val_videos_per_class is {val_videos_per_class})")
     assert not (tmp_path / "out").exists()
 
 

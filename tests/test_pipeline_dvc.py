@@ -10,6 +10,24 @@ from tests.conftest import DVC, dvc_environment, run
 
 SET_KEYS = {"single": {"iou50", "auc"}, "syn": {"ciou30", "auc", "nsa"}, "un": {"ciou30", "auc", "nsa"},
             "stage1": {"nmi", "map", "precision", "recall"}, "detector": {"map50"}}
+GROUNDED_KEYS = {"iou30", "auc", "sounding_recall", "silent_false_alarm", "heard_map", "heard_precision",
+                 "heard_recall", "empty"}
+
+
+def check_grounded(group: dict, sets: list[str], where: str) -> None:
+    """The audio-grounded group: thresholds chosen on val, every metric under each audio condition, the controls."""
+    assert set(group["thresholds"]) == {"map", "heard"}, where
+    for name in sets:
+        entry = group[name]
+        assert GROUNDED_KEYS <= set(entry), (where, name)
+        for condition in ("deranged", "silence"):
+            assert set(entry[condition]) == GROUNDED_KEYS, (where, name, condition)
+        assert entry["reliance"] == entry["iou30"] - entry["deranged"]["iou30"] or \
+            abs(entry["reliance"] - (entry["iou30"] - entry["deranged"]["iou30"])) < 1e-5
+        assert entry["silence_empty"] == entry["silence"]["empty"]
+        values = [entry[key] for key in GROUNDED_KEYS] + [entry[c][key] for c in ("deranged", "silence")
+                                                          for key in GROUNDED_KEYS]
+        assert all(value is None or 0.0 <= value <= 1.0 for value in values), (where, name, entry)
 
 
 @pytest.mark.slow
@@ -24,8 +42,23 @@ def test_tiny_pipeline_repro_and_metrics_diff(tiny_repo):
                                else keys)
         values = [value for group in expected for value in metrics[group].values() if value is not None]
         assert all(0.0 <= value <= 1.0 for value in values), metrics
+        # where the numbers come from: test split, thresholds from val, the generator's boxes (toy)
+        assert (metrics["split"], metrics["thresholds_split"], metrics["boxes"]) == ("test", "val", "truth")
+        sets = [name for name in ("single", "syn", "un", "duet") if name in expected]
+        check_grounded(metrics["grounded"], sets, dataset)
+        check_grounded(metrics["baselines"]["avol"]["grounded"], sets, f"{dataset} avol")
+        check_grounded(metrics["detector_boxes"]["grounded"], sets, f"{dataset} detector boxes")
+        assert not any("seconds" in key for key in json.loads((tiny_repo / "reports" / dataset /
+                                                                "detector.json").read_text()))
     assert "<table" in (tiny_repo / "reports" / "index.html").read_text()
     assert "up to date" in run(DVC + ["status"], tiny_repo, env)
+
+    # Evaluate again on the same models: no metric moves (wall times live outside the metric files).
+    run(DVC + ["repro", "--force", "--single-item", "evaluate@music"], tiny_repo, env)
+    assert json.loads(run(DVC + ["metrics", "diff", "--json"], tiny_repo, env)) == {}
+    plots = json.loads(run(DVC + ["plots", "show", "--json"], tiny_repo, env))
+    assert any("Success rate, music" in name for name in plots), list(plots)
+    run(["git", "checkout", "--", "."], tiny_repo, env)
 
     # A stricter single-source threshold: a smaller predicted region, so other IoUs.
     run(DVC + ["exp", "run", "-S", "evaluate.single_threshold=0.9"], tiny_repo, env)

@@ -68,8 +68,12 @@ def test_pretrain_learns_the_classes_and_its_weights_load_into_the_visual_net(tm
     model, pretrain = tiny(["piano", "tree"], images_per_class=48, val_images_per_class=16, epochs=6,
                            batch_size=16, lr=0.003)
     weights, report_path = tmp_path / "models" / "visual.pt", tmp_path / "reports" / "pretrain.json"
-    report = run_pretrain(weights, report_path, model, pretrain, seed=0)
+    run_path = tmp_path / "reports" / "pretrain-run.json"
+    report = run_pretrain(weights, report_path, run_path, model, pretrain, seed=0)
     assert json.loads(report_path.read_text()) == report
+    # wall times go to a file that is not a DVC metric
+    assert set(json.loads(run_path.read_text())) == {"render_seconds", "train_seconds"}
+    assert not any(key.endswith("seconds") for key in report)
     assert report["classes"] == ["piano", "tree"] and report["train_images"] == 96 and report["val_images"] == 32
     assert report["accuracy"] >= 0.8, report
     trunk = visual_trunk(model.width)
@@ -83,9 +87,32 @@ def test_pretrain_learns_the_classes_and_its_weights_load_into_the_visual_net(tm
 
 def test_same_params_give_the_same_weights(tmp_path):
     model, pretrain = tiny(["piano", "tree"], images_per_class=4, val_images_per_class=2, epochs=1, batch_size=4)
-    for run in ("a", "b"):
-        run_pretrain(tmp_path / run / "visual.pt", tmp_path / run / "pretrain.json", model, pretrain, seed=0)
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run_pretrain(tmp_path / run / "visual.pt", tmp_path / run / "pretrain.json", tmp_path / run / "run.json", model,
+                     pretrain, seed=seed)
     assert (tmp_path / "a" / "visual.pt").read_bytes() == (tmp_path / "b" / "visual.pt").read_bytes()
+    assert (tmp_path / "a" / "visual.pt").read_bytes() != (tmp_path / "c" / "visual.pt").read_bytes()
+
+
+def test_stage_draws_from_data_seed_and_keeps_wall_times_out_of_its_metric(tmp_path, stage_env):
+    """The pretrained trunk is held fixed across training seeds (`make seeds` varies `seed` only)."""
+    params = load_repo_params()
+    params["model"].update(width=4, image_size=48)
+    params["pretrain"].update(classes=["piano", "tree"], images_per_class=4, val_images_per_class=2, epochs=1,
+                              batch_size=4, device="cpu")
+    weights = []
+    for training_seed in (0, 1):
+        params["seed"] = training_seed
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        run = subprocess.run([sys.executable, "-m", "stages.pretrain"], cwd=tmp_path, env=stage_env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        weights.append((tmp_path / "models" / "pretrain" / "visual.pt").read_bytes())
+    assert weights[0] == weights[1]
+    report = json.loads((tmp_path / "reports" / "pretrain.json").read_text())
+    assert report["classes"] == ["piano", "tree"] and not any(key.endswith("seconds") for key in report)
+    run_facts = json.loads((tmp_path / "reports" / "pretrain-run.json").read_text())
+    assert set(run_facts) == {"render_seconds", "train_seconds"}
 
 
 def test_stage_reports_bad_params_in_one_line(tmp_path, stage_env):
@@ -118,7 +145,7 @@ def test_stage1_checkpoints_of_other_pretrained_weights_are_not_resumed(tmp_path
 def test_a_batch_larger_than_the_stills_is_named_before_anything_is_rendered(tmp_path):
     model, pretrain = tiny(["piano", "tree"], images_per_class=4, batch_size=16)
     with pytest.raises(StageError, match=r"pretrain.batch_size: 16 is more than the 8 training stills"):
-        run_pretrain(tmp_path / "visual.pt", tmp_path / "pretrain.json", model, pretrain, seed=0)
+        run_pretrain(tmp_path / "visual.pt", tmp_path / "pretrain.json", tmp_path / "run.json", model, pretrain, seed=0)
     assert not list(tmp_path.iterdir())
 
 
@@ -126,5 +153,5 @@ def test_a_batch_larger_than_the_stills_is_named_before_anything_is_rendered(tmp
 def test_cuda_asked_without_cuda_names_the_pretrain_key(tmp_path):
     model, pretrain = tiny(["piano", "tree"])
     with pytest.raises(StageError, match=r"^pretrain.device: cuda asked but torch sees no CUDA device$"):
-        run_pretrain(tmp_path / "visual.pt", tmp_path / "pretrain.json", model,
+        run_pretrain(tmp_path / "visual.pt", tmp_path / "pretrain.json", tmp_path / "run.json", model,
                      dataclasses.replace(pretrain, device="cuda"), seed=0)

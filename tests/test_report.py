@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,19 @@ SIDE = 16  # image side of the test examples
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 IMG_SOURCE = re.compile(r'<img src="([^"]*)" alt="([^"]*)">')
 
+GROUNDED_KEYS = ("iou30", "auc", "sounding_recall", "silent_false_alarm", "heard_map", "heard_precision",
+                 "heard_recall", "empty")
+
+
+def grounded(iou30, reliance, silence_empty, recall, false_alarm, heard_map):
+    """One set of the audio-grounded protocol for one method, its controls included, as evaluate writes it."""
+    true = dict(zip(GROUNDED_KEYS, (iou30, 0.5, recall, false_alarm, heard_map, 0.5, 0.5, 0.0)))
+    return {**true, "deranged": {**true, "iou30": iou30 - reliance}, "silence": {**true, "empty": silence_empty},
+            "reliance": reliance, "silence_empty": silence_empty}
+
+
 MUSIC_METRICS = {
-    "source": "toy",
+    "source": "toy", "split": "test", "thresholds_split": "val", "boxes": "truth",
     "single": {"iou50": 0.5, "auc": 0.4321},
     "syn": {"ciou30": 0.4567, "auc": 0.39, "nsa": 0.812},
     "un": {"ciou30": 0.25, "auc": 0.2, "nsa": None},
@@ -34,9 +47,25 @@ MUSIC_METRICS = {
     "baselines": {"avol": {"single": {"iou50": 0.625, "auc": 0.4},
                            "syn": {"ciou30": 0.1234, "auc": 0.11, "nsa": 0.3},
                            "un": {"ciou30": 0.1, "auc": 0.09, "nsa": None},
-                           "duet": {"ciou30": 0.2, "auc": 0.15, "nsa": 0.2}}},
+                           "duet": {"ciou30": 0.2, "auc": 0.15, "nsa": 0.2},
+                           "grounded": {"single": grounded(0.5, 0.0, 0.0, 0.6, None, None),
+                                        "syn": grounded(0.2, 0.0, 0.0, 0.6, 0.1, None),
+                                        "un": grounded(0.1, 0.0, 0.0, 0.5, 0.2, None),
+                                        "duet": grounded(0.3, 0.0, 0.0, 0.7, None, None)}},
+                  # a method that only the grounded protocol scores: its DSOL columns are dashes
+                  "oracle": {"grounded": {"syn": grounded(1.0, 1.0, 1.0, 1.0, 0.0, 1.0)}}},
+    "grounded": {"thresholds": {"map": 0.3125, "heard": 0.5},
+                 "single": grounded(0.61, 0.02, 0.0, 0.9, None, 0.7),
+                 "syn": grounded(0.42, -0.031, 0.0, 0.95, 0.8, 0.55),
+                 "un": grounded(0.3, 0.01, 0.0, 0.9, 0.85, 0.5),
+                 "duet": grounded(0.5, 0.0, 0.0, 0.97, None, 0.6)},
+    "detector_boxes": {"single": {"iou50": 0.4, "auc": 0.3}, "syn": {"ciou30": 0.3333, "auc": 0.3, "nsa": 0.8},
+                       "un": {"ciou30": 0.2, "auc": 0.2, "nsa": None}, "duet": {"ciou30": 0.5, "auc": 0.5, "nsa": 0.7},
+                       "grounded": {"syn": grounded(0.377, 0.0, 0.0, 0.9, 0.8, 0.55)},
+                       "baselines": {"avol": {"syn": {"ciou30": 0.111, "auc": 0.1, "nsa": 0.3},
+                                              "grounded": {"syn": grounded(0.188, 0.0, 0.0, 0.6, 0.1, None)}}}},
 }
-VGGSOUND_METRICS = {  # no duet, as for VGGSound
+VGGSOUND_METRICS = {  # no duet, as for VGGSound; written before the audio-grounded protocol
     "source": "youtube",
     "single": {"iou50": 0.3, "auc": 0.3},
     "syn": {"ciou30": 0.2, "auc": 0.2, "nsa": 0.5},
@@ -64,6 +93,35 @@ SAMPLES = [
      "audio_distribution": {"violin": 0.5, "flute": 0.0, "cello": 0.5}},
 ]
 FIGURES_PER_EXAMPLE = [1 + 2 + 1, 1 + 2 + 1]  # input, the class maps, the audio bars
+CONTROL_FIGURES = 3  # IEr's own region under true audio, deranged audio, silence (newer example files only)
+# What newer example files add to each example: the region's threshold, what IEr heard and lit per condition.
+# Example 0: the true audio lights the sounding violin, the deranged audio (syn-9's) the silent flute.
+CONTROLS = [
+    {"threshold": 0.5, "conditions": ["true", "deranged", "silence"], "deranged_from": "syn-9",
+     "lit": {"true": [0], "deranged": [1], "silence": []},
+     "heard": {"true": ["violin", "cello"], "deranged": ["flute"], "silence": []}},
+    {"threshold": 0.5, "conditions": ["true", "deranged", "silence"], "deranged_from": "duet-3",
+     "lit": {"true": [0, 1], "deranged": [0], "silence": []},
+     "heard": {"true": ["violin", "cello"], "deranged": ["cello"], "silence": []}},
+]
+SEEDS = {
+    "seeds": [0, 1, 2], "commit": "0123456789abcdef0123", "machine": "2-core test box",
+    "datasets": {
+        "music": {
+            "grounded.syn.reliance": {"ier": {"n": 3, "mean": -0.01, "std": 0.02, "ci95": [-0.05, 0.03],
+                                              "values": [-0.03, -0.01, 0.01]},
+                                      "avol": {"n": 1, "mean": 0.0, "std": None, "ci95": None, "values": [0.0]}},
+            "single.iou50": {"ier": {"n": 3, "mean": 0.5, "std": 0.02, "ci95": [0.45, 0.55],
+                                     "values": [0.48, 0.5, 0.52]},
+                             "avol": {"n": 3, "mean": 0.2, "std": 0.01, "ci95": [0.18, 0.22],
+                                      "values": [0.19, 0.2, 0.21]}},
+            "syn.nsa": {"ier": {"n": 3, "mean": 0.9, "std": 0.0, "ci95": [0.9, 0.9], "values": [0.9] * 3}},
+        },
+        "vggsound": {"un.ciou30": {"ier": {"n": 3, "mean": 0.25, "std": 0.01, "ci95": [0.23, 0.27],
+                                           "values": [0.24, 0.25, 0.26]}}},
+    },
+}
+TABLE_ROW = re.compile(r'<tr><th scope="row">(.*?)</th>(.*?)</tr>')
 ABLATIONS = "# Ablations\n\n| variant | un CIoU |\n| --- | --- |\n| full | **25.0** |\n| no AII | 20.1 |\n"
 
 
@@ -72,14 +130,29 @@ def write_tsv(path, name, values):
     path.write_text(f"step\t{name}\n" + "".join(f"{step}\t{value}\n" for step, value in enumerate(values)))
 
 
-def write_dataset(folder, metrics, live_folders):
+def example_regions():
+    """(N, 3, SIDE, SIDE): example 0 hot over the violin (true audio), over the flute (deranged), cold (silence);
+    example 1 hot over the left half (true), a small hot corner (deranged), cold (silence)."""
+    regions = np.zeros((len(SAMPLES), 3, SIDE, SIDE), dtype=np.float32)
+    half = SIDE // 2
+    regions[0, 0, :half, :half] = 0.9
+    regions[0, 1, :half, half:] = 0.8
+    regions[1, 0, :, :half] = 0.7
+    regions[1, 1, :4, :4] = 0.6
+    return regions
+
+
+def write_dataset(folder, metrics, live_folders, controls=False):
+    """metrics.json, the examples (with `regions` and the control fields when `controls`) and dvclive TSVs."""
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(len(SAMPLES), SIDE, SIDE, 3), dtype=np.uint8)
     maps = rng.random((len(SAMPLES), len(CLASSES), SIDE, SIDE), dtype=np.float32)
-    np.savez(folder / "examples.npz", images=images, maps=maps, classes=np.array(CLASSES))
-    (folder / "examples.json").write_text(json.dumps(SAMPLES))
+    extra = {"regions": example_regions()} if controls else {}
+    np.savez(folder / "examples.npz", images=images, maps=maps, classes=np.array(CLASSES), **extra)
+    samples = [sample | control for sample, control in zip(SAMPLES, CONTROLS)] if controls else SAMPLES
+    (folder / "examples.json").write_text(json.dumps(samples))
     for live, names in live_folders.items():
         for name in names:
             write_tsv(folder / live / "plots" / "metrics" / f"{name}.tsv", name, [1.0, 0.5, 0.25])
@@ -87,12 +160,14 @@ def write_dataset(folder, metrics, live_folders):
 
 @pytest.fixture(scope="module")
 def reports_dir(tmp_path_factory):
-    """music with both training-curve folders (3 TSVs); vggsound without stage2-live (1 TSV); ablations.md."""
+    """music in the new layout (grounded protocol, detector boxes, control examples) with both training-curve
+    folders (3 TSVs); vggsound in the old layout without stage2-live (1 TSV); ablations.md and seeds.json."""
     reports = tmp_path_factory.mktemp("repo") / "reports"
     write_dataset(reports / "music", MUSIC_METRICS, {"stage1-live": ["av_loss", "aii_loss"],
-                                                     "stage2-live": ["un_loss"]})
+                                                     "stage2-live": ["un_loss"]}, controls=True)
     write_dataset(reports / "vggsound", VGGSOUND_METRICS, {"stage1-live": ["av_loss"]})
     (reports / "ablations.md").write_text(ABLATIONS)
+    (reports / "seeds.json").write_text(json.dumps(SEEDS))
     return reports
 
 
@@ -106,14 +181,33 @@ def section(page_html, anchor):
     return page_html.split(f'<section id="{anchor}">')[1].split("</section>")[0]
 
 
+def table_rows(table_html):
+    """{row header: [its cells' HTML]} of every body row in `table_html`."""
+    return {header: re.findall(r"<td>(.*?)</td>", cells) for header, cells in TABLE_ROW.findall(table_html)}
+
+
+def subsection(section_html, heading):
+    """The part of a section from its `<h3>heading</h3>` to the next h3."""
+    return section_html.split(f"<h3>{heading}</h3>")[1].split("<h3>")[0]
+
+
 def test_table1_has_both_methods_percentages_and_bold_best(page):
     table1 = section(page, "table1")
     assert "<th scope=\"row\">IEr</th>" in table1 and "<th scope=\"row\">AVOL</th>" in table1
     assert "<b>45.7</b>" in table1 and ">12.3<" in table1  # music Syn CIoU@0.3: IEr 0.4567 beats AVOL 0.1234
     assert "<b>62.5</b>" in table1 and ">50.0<" in table1  # music single IoU@0.5: AVOL is the better one
     assert "<b>50.0</b>" not in table1
-    assert table1.count("Duet") == 1  # a music column only
+    assert "DSOL's protocol (the true sounding classes are given to the metric)" in page
+    truth_table, detector_table = table1.split("<table>")[1:]
+    assert truth_table.count("Duet") == 1  # a music column only
+    rows = table_rows(truth_table)
+    assert list(rows) == ["IEr", "AVOL", "oracle"]  # IEr first, then the keys of `baselines`, none hard-coded
+    assert set(rows["oracle"]) == {"&ndash;"}  # scored only under the grounded protocol
+    # the detector-box table: music only (vggsound has no detector_boxes), its own numbers
+    assert "scored against the detector's boxes" in table1 and detector_table.count("Duet") == 1
+    assert "<b>33.3</b>" in detector_table and ">11.1<" in detector_table and "45.7" not in detector_table
     assert "toy" in page and "youtube" in page  # the sources in the header
+    assert "scored on the test split, thresholds chosen on the val split" in page
 
 
 def test_nsa_and_table2(page):
@@ -127,13 +221,55 @@ def test_nsa_and_table2(page):
 def test_every_figure_is_an_embedded_png_with_alt_text(page):
     images = IMG_SOURCE.findall(page)
     assert page.count("<img") == len(images)
-    expected = 2 * sum(FIGURES_PER_EXAMPLE) + 3 + 1  # examples of both datasets, then the TSVs
+    # examples of both datasets (music's with the control panels), then the TSVs
+    expected = 2 * sum(FIGURES_PER_EXAMPLE) + CONTROL_FIGURES * len(SAMPLES) + 3 + 1
     assert len(images) == expected
     for source, alt in images:
         assert source.startswith("data:image/png;base64,") and alt
         assert base64.b64decode(source.removeprefix("data:image/png;base64,")).startswith(PNG_MAGIC)
     assert sum("IEr map of flute (silent)" in alt for _, alt in images) == 2  # one per dataset
     assert not any("person" in alt for _, alt in images)  # no map of its own: its box is on the input only
+    assert sum("IEr&#x27;s own region under" in alt for _, alt in images) == CONTROL_FIGURES * len(SAMPLES)
+
+
+def test_grounded_tables_per_dataset(page):
+    grounded_section = section(page, "grounded")
+    explanation = grounded_section.split("<h3>")[0]
+    assert "reliance 0 and silence empty 0" in explanation and "val split" in explanation
+    music = subsection(grounded_section, "music")
+    truth_table, detector_table = music.split("<table>")[1:]
+    sets = re.findall(r'<th colspan="6">(.*?)</th>', truth_table)
+    assert sets == ["Single-source", "Synthetic", "Unconstrained", "Duet"]
+    assert truth_table.count("<th>reliance</th>") == 4 and truth_table.count("<th>heard mAP</th>") == 4
+    rows = table_rows(truth_table)
+    assert list(rows) == ["IEr", "AVOL", "oracle"]
+    ier, avol, oracle = rows["IEr"], rows["AVOL"], rows["oracle"]
+    assert len(ier) == 24
+    syn = slice(6, 12)  # iou30, reliance, silence_empty, sounding_recall, silent_false_alarm, heard_map
+    assert ier[syn] == ["42.0", "-3.1", "0.0", "95.0", "80.0", "55.0"]
+    assert oracle[syn] == ["<b>100.0</b>", "<b>100.0</b>", "<b>100.0</b>", "<b>100.0</b>", "<b>0.0</b>",
+                           "<b>100.0</b>"]  # the lowest silent false alarm is the best
+    assert ier[4] == "&ndash;" and avol[5] == "&ndash;"  # no silent objects in single-source; AVOL hears nothing
+    assert oracle[0] == "&ndash;" and ier[0] == "<b>61.0</b>"  # a set a method was not scored on
+    assert "0.312" in truth_table and "true boxes" in truth_table  # the val thresholds and the boxes named
+    assert re.findall(r'<th colspan="6">(.*?)</th>', detector_table) == ["Synthetic"]
+    assert "the detector's boxes" in detector_table
+    assert table_rows(detector_table)["IEr"][0] == "<b>37.7</b>" and table_rows(detector_table)["AVOL"][0] == "18.8"
+    vggsound = subsection(grounded_section, "vggsound")
+    assert "Not measured" in vggsound and "<table>" not in vggsound  # an old metrics.json still renders
+
+
+def test_examples_show_the_region_under_each_audio_condition(page):
+    music, vggsound = section(page, "examples-music"), section(page, "examples-vggsound")
+    alts = [html.unescape(alt) for _, alt in IMG_SOURCE.findall(music)]
+    for condition in ("true audio", "deranged audio (the audio of syn-9)", "digital silence"):
+        assert f"music sample syn-0: IEr's own region under {condition}" in alts
+    first = music.split('<figure class="example">')[1]
+    assert "Heard</b> &mdash; true audio: violin, cello; deranged audio (the audio of syn-9): flute; " \
+           "digital silence: none" in first
+    assert "Lit silent objects</b> &mdash; true audio: none; deranged audio: flute; digital silence: none" in first
+    assert "0.5, the threshold chosen on val" in first and "lit (silent)" in first
+    assert "own region" not in vggsound and "Heard</b>" not in vggsound  # old files: the new panels skipped
 
 
 def test_missing_curves_and_ablations_and_contents(page):
@@ -152,6 +288,68 @@ def test_a_dataset_without_metrics_is_left_out(tmp_path):
     page_html = (reports / "index.html").read_text()
     assert "vggsound: no " in page_html and "left out" in page_html
     assert "examples-vggsound" not in page_html and "<b>45.7</b>" in page_html
+    # no seeds.json: the section says which command writes it, and the page is still built
+    assert "<code>make seeds</code> writes" in section(page_html, "seeds") and "<table>" not in section(page_html,
+                                                                                                       "seeds")
+
+
+def test_seeds_table_puts_methods_side_by_side(page):
+    seeds = section(page, "seeds")
+    assert '<a href="seeds.md">seeds.md</a>' in seeds and "0123456789ab" in seeds and "2-core test box" in seeds
+    music = subsection(seeds, "music")
+    assert re.findall(r"<th>(.*?)</th>", music) == ["Metric", "IEr", "AVOL"]
+    rows = table_rows(music)
+    assert list(rows) == ["<code>single.iou50</code>", "<code>grounded.syn.reliance</code>"]  # headline keys only
+    assert rows["<code>single.iou50</code>"] == ["50.0 &plusmn; 5.0", "20.0 &plusmn; 2.0"]
+    assert rows["<code>grounded.syn.reliance</code>"] == ["-1.0 &plusmn; 4.0", "0.0"]  # one seed: no interval
+    vggsound = table_rows(subsection(seeds, "vggsound"))
+    assert vggsound == {"<code>un.ciou30</code>": ["25.0 &plusmn; 2.0"]}
+
+
+def test_a_malformed_seeds_file_is_a_one_line_error(tmp_path):
+    reports = tmp_path / "reports"
+    write_dataset(reports / "music", MUSIC_METRICS, {})
+    (reports / "seeds.json").write_text(json.dumps({"seeds": [0], "datasets": {"music": {"syn.ciou30": 0.5}}}))
+    with pytest.raises(StageError) as err:
+        build_report(reports, reports / "index.html")
+    assert "seeds.json: datasets.music" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda arrays, samples: (arrays | {"regions": arrays["regions"][:, :, :8]}, samples),
+     r"examples.npz: regions are \(2, 3, 8, 16\)"),
+    (lambda arrays, samples: (arrays, [{k: v for k, v in samples[0].items() if k != "threshold"}, samples[1]]),
+     "examples.json: example 0 has no numeric threshold"),
+    (lambda arrays, samples: (arrays, [samples[0] | {"conditions": ["true", "silence"]}, samples[1]]),
+     "examples.json: example 0 names 2 conditions, but examples.npz regions have 3"),
+])
+def test_control_examples_that_disagree_with_their_arrays_are_an_error(tmp_path, change, message):
+    reports = tmp_path / "reports"
+    write_dataset(reports / "music", MUSIC_METRICS, {}, controls=True)
+    folder = reports / "music"
+    arrays, samples = change(dict(np.load(folder / "examples.npz")), json.loads((folder / "examples.json").read_text()))
+    np.savez(folder / "examples.npz", **arrays)
+    (folder / "examples.json").write_text(json.dumps(samples))
+    with pytest.raises(StageError, match=message):
+        build_report(reports, reports / "index.html")
+
+
+def test_region_panel_marks_lit_silent_objects_and_outlines_any_region():
+    objects = SAMPLES[0]["objects"]  # violin sounding, flute and person silent
+    figure = report.new_figure(2, 2)
+    axes = report.show_image(figure, np.zeros((SIDE, SIDE, 3), dtype=np.uint8))
+    report.draw_lit_boxes(axes, objects, {0, 1}, SIDE, SIDE)
+    violin, flute, person = axes.patches
+    assert violin.get_linestyle() == "-" and flute.get_linestyle() == "-" and person.get_linestyle() == "--"
+    assert flute.get_linewidth() > violin.get_linewidth() == person.get_linewidth()
+    assert flute.get_edgecolor() == person.get_edgecolor() != violin.get_edgecolor()
+    assert [text.get_text() for text in axes.texts] == ["lit (silent)"]  # only the lit silent flute
+    for region in (np.zeros((SIDE, SIDE)), np.ones((SIDE, SIDE)), example_regions()[0, 0]):  # empty, all, part
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            png = report.region_figure(np.zeros((SIDE, SIDE, 3), dtype=np.uint8), region.astype(np.float32), 0.5,
+                                       1.0, objects, {0}, "true audio")
+        assert png.startswith(PNG_MAGIC)
 
 
 def test_no_metrics_at_all_is_a_one_line_error(tmp_path):

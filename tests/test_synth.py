@@ -106,14 +106,18 @@ def write_split(folder, rows: list[dict]) -> None:
     pq.write_table(table, folder / "shard-00000.parquet")
 
 
-def write_features(features_dir, n_classes: int = 6, duet_clips: int = 3) -> dict[str, list[dict]]:
-    """test and train_mix splits of solo clips, a duet split, and the summary.json; the rows of each split."""
+def write_features(features_dir, n_classes: int = 6, duet_clips: int = 3, val_clips_per_class: int = 2,
+                   duet_val_clips: int = 2) -> dict[str, list[dict]]:
+    """test, val and train_mix splits of solo clips, duet and duet_val splits, and the summary.json; the rows
+    of each split. Every clip id starts with its split's name."""
     rng = np.random.default_rng(1)
     classes = CLASSES[:n_classes]
     splits = {split: [make_clip(rng, f"{split}-{label}-v{k}_{k:04d}", [label]) for label in classes
-                      for k in range(per_class)] for split, per_class in (("test", 3), ("train_mix", 2))}
-    splits["duet"] = [make_clip(rng, f"duet-v{k}_{k:04d}", [classes[k % n_classes], classes[(k + 1) % n_classes]])
-                      for k in range(duet_clips)]
+                      for k in range(per_class)]
+              for split, per_class in (("test", 3), ("val", val_clips_per_class), ("train_mix", 2))}
+    for split, clips in (("duet", duet_clips), ("duet_val", duet_val_clips)):
+        splits[split] = [make_clip(rng, f"{split}-v{k}_{k:04d}",
+                                   [classes[k % n_classes], classes[(k + 1) % n_classes]]) for k in range(clips)]
     for split, rows in splits.items():
         write_split(features_dir / split, rows)
     (features_dir / "train_single").mkdir()  # present and empty: synth does not read it
@@ -125,7 +129,7 @@ def small_synth(**changes) -> Synth:
     synth = Synth(syn=MixSet(count=6, sounding=2, silent=2, offscreen=0),
                   un=MixSet(count=5, sounding=2, silent=2, offscreen=1),
                   train=MixSet(count=7, sounding=2, silent=1, offscreen=1),
-                  volume_jitter_db=6.0, jpeg_quality=90, shard_rows=4, row_group_rows=3)
+                  val_count=4, volume_jitter_db=6.0, jpeg_quality=90, shard_rows=4, row_group_rows=3)
     return dataclasses.replace(synth, **changes)
 
 
@@ -349,34 +353,50 @@ def test_logmel_is_the_log_mel_of_the_mixture(pool11):
 # --------------------------------------------------------------------------- stage
 
 
+SET_SAMPLES = {"syn": 6, "un": 5, "train": 7, "val_syn": 4, "val_un": 4, "duet": 3, "val_duet": 2}
+
+
 def test_run_synth_writes_every_set(synth_dir, features_dir):
     summary = json.loads((synth_dir / "summary.json").read_text())
     sets = summary["sets"]
-    assert {name: sets[name]["samples"] for name in sets} == {"syn": 6, "un": 5, "train": 7, "duet": 3}
+    assert {name: sets[name]["samples"] for name in sets} == SET_SAMPLES
+    assert sorted(p.name for p in synth_dir.iterdir()) == sorted([*SET_SAMPLES, "summary.json"])
     assert summary["logmel_shape"] == [64, 201]
     assert [p.name for p in shard_paths(synth_dir / "syn")] == ["shard-00000.parquet", "shard-00001.parquet"]
-    for name, (grid, tiles) in {"syn": (2, 4), "un": (2, 4), "train": (2, 3)}.items():
+    for name, (grid, tiles) in {"syn": (2, 4), "un": (2, 4), "train": (2, 3), "val_syn": (2, 4),
+                                "val_un": (2, 4)}.items():
         table = read_set(synth_dir, name)
         assert table.column("sample_id").to_pylist() == [f"{name}_{i:06d}" for i in range(table.num_rows)]
         assert set(table.column("grid").to_pylist()) == {grid}
         assert sets[name]["tiles"] == tiles * table.num_rows
         assert sets[name]["objects"] == 2 * tiles * table.num_rows
         assert decode(table.column("image")[0].as_py()).shape == (grid * TILE, grid * TILE, 3)
-    # syn and un come from test, train from train_mix
-    for name, split in {"syn": "test", "un": "test", "train": "train_mix"}.items():
+    # syn and un come from test, train from train_mix, the val sets from val (no test clip in them)
+    for name, split in {"syn": "test", "un": "test", "train": "train_mix", "val_syn": "val", "val_un": "val",
+                        "duet": "duet", "val_duet": "duet_val"}.items():
         members = {m for ms in read_set(synth_dir, name).column("members").to_pylist() for m in ms}
-        assert all(m.startswith(f"{split}-") for m in members), name
+        assert members and all(m.startswith(f"{split}-") for m in members), name
+        assert sets[name]["source_split"] == split
     assert read_set(synth_dir, "syn").column("offscreen").to_pylist() == [[]] * 6
+    # the val sets follow the recipe of their test set, with synth.val_count mosaics
+    for name, recipe in {"val_syn": "syn", "val_un": "un"}.items():
+        assert [sets[name][key] for key in ("grid", "sounding", "silent", "offscreen")] == \
+            [sets[recipe][key] for key in ("grid", "sounding", "silent", "offscreen")]
+    assert read_set(synth_dir, "val_syn").column("offscreen").to_pylist() == [[]] * 4
+    assert [len(o) for o in read_set(synth_dir, "val_un").column("offscreen").to_pylist()] == [1] * 4
 
 
-def test_duet_set_is_the_duet_clips_as_recorded(synth_dir, written_features):
+@pytest.mark.parametrize("name, split", [("duet", "duet"), ("val_duet", "duet_val")])
+def test_duet_set_is_the_duet_clips_as_recorded(synth_dir, written_features, name, split):
     features_dir, written = written_features
-    duet_table = read_set(synth_dir, "duet")
+    duet_table = read_set(synth_dir, name)
     duet = duet_table.to_pylist()
-    source = pq.read_table(features_dir / "duet" / "shard-00000.parquet").to_pylist()
-    assert len(duet) == len(source) == 3
-    np.testing.assert_array_equal(arrays_of(duet_table, "waveform"), [clip["waveform"] for clip in written["duet"]])
-    np.testing.assert_array_equal(arrays_of(duet_table, "logmel"), [clip["logmel"] for clip in written["duet"]])
+    source = pq.read_table(features_dir / split / "shard-00000.parquet").to_pylist()
+    assert len(duet) == len(source) == SET_SAMPLES[name]
+    # sample ids carry the set's name: a test duet and a val duet never share one
+    assert [sample["sample_id"] for sample in duet] == [f"{name}_{i:06d}" for i in range(len(duet))]
+    np.testing.assert_array_equal(arrays_of(duet_table, "waveform"), [clip["waveform"] for clip in written[split]])
+    np.testing.assert_array_equal(arrays_of(duet_table, "logmel"), [clip["logmel"] for clip in written[split]])
     for sample, clip in zip(duet, source):
         assert sample["grid"] == 1
         assert sample["image"] == clip["frames"][0]
@@ -395,10 +415,10 @@ def test_duet_set_is_the_duet_clips_as_recorded(synth_dir, written_features):
 
 
 def test_shards_have_row_groups_for_the_reader(synth_dir):
-    for name, samples in {"syn": 6, "un": 5, "train": 7, "duet": 3}.items():
+    for name, samples in SET_SAMPLES.items():
         footers = [pq.read_metadata(path) for path in shard_paths(synth_dir / name)]
         groups = [footer.row_group(group).num_rows for footer in footers for group in range(footer.num_row_groups)]
-        assert sum(groups) == samples and max(groups) == 3, (name, groups)  # synth.row_group_rows
+        assert sum(groups) == samples and max(groups) == min(samples, 3), (name, groups)  # synth.row_group_rows
         assert len(ShardReader(synth_dir / name, columns=("index",)).units) == len(groups)
 
 
@@ -406,35 +426,66 @@ def test_reader_decodes_the_written_arrays(synth_dir, written_features):
     """What training reads back (pipeline/reader.py) is what synth computed: the mixtures of the
     features' clips with their gains, their log-mels, and the duet clips' own arrays."""
     _, written = written_features
-    test_rows = written["test"]  # the sources of `un`, as generated (not read back)
-    pool = ClipPool(source="written", clip_ids=[r["clip_id"] for r in test_rows],
-                    labels=[r["labels"] for r in test_rows], kinds=[r["kind"] for r in test_rows],
-                    waveforms=np.stack([r["waveform"] for r in test_rows]),
-                    frames=[r["frame"] for r in test_rows], objects=[r["objects"] for r in test_rows])
+
+    def pool_of(rows):  # the sources of a mosaic set, as generated (not read back)
+        return ClipPool(source="written", clip_ids=[r["clip_id"] for r in rows],
+                        labels=[r["labels"] for r in rows], kinds=[r["kind"] for r in rows],
+                        waveforms=np.stack([r["waveform"] for r in rows]),
+                        frames=[r["frame"] for r in rows], objects=[r["objects"] for r in rows])
+
     logmel = LogMel(**LOGMEL_SETTINGS)
-    for name in ("un", "duet"):
+    sources = {"un": "test", "val_un": "val", "duet": "duet", "val_duet": "duet_val"}
+    for name, split in sources.items():
+        pool = pool_of(written[split])
         table = read_set(synth_dir, name).to_pylist()
         reader = ShardReader(synth_dir / name, columns=("waveform", "logmel", "index"), batch_size=2, shuffle=True)
         for batch in reader:
             assert batch["waveform"].dtype == torch.int16 and batch["logmel"].shape[1:] == (64, 201)
             for row, waveform, stored in zip(batch["index"].tolist(), batch["waveform"], batch["logmel"]):
-                if name == "duet":
-                    np.testing.assert_array_equal(waveform.numpy(), written["duet"][row]["waveform"])
-                    np.testing.assert_array_equal(stored.numpy(), written["duet"][row]["logmel"])
+                if name.endswith("duet"):
+                    np.testing.assert_array_equal(waveform.numpy(), written[split][row]["waveform"])
+                    np.testing.assert_array_equal(stored.numpy(), written[split][row]["logmel"])
                 else:
                     np.testing.assert_array_equal(waveform.numpy(), recompute_mixture(pool, table[row]))
                     np.testing.assert_allclose(stored.numpy(), logmel(waveform).numpy(), atol=1e-3)
 
 
 @pytest.mark.parametrize("missing", [False, True])
-def test_empty_duet_split_is_skipped(tmp_path, missing):
+def test_empty_duet_splits_are_skipped(tmp_path, missing):
+    """vggsound has no duets: neither the test nor the val duet set is made, and the rest is."""
     features = tmp_path / "features"
-    write_features(features, duet_clips=0)  # an empty folder
+    write_features(features, duet_clips=0, duet_val_clips=0)  # empty folders
     if missing:
         (features / "duet").rmdir()
+        (features / "duet_val").rmdir()
     summary = run_synth(features, tmp_path / "synth", small_synth(), seed=0)
-    assert summary["sets"]["duet"]["samples"] == 0 and "skipped" in summary["sets"]["duet"]
-    assert not (tmp_path / "synth" / "duet").exists()
+    for name, split in (("duet", "duet"), ("val_duet", "duet_val")):
+        assert summary["sets"][name] == {"source_split": split, "samples": 0,
+                                         "skipped": f"{features / split} has no clips"}
+        assert not (tmp_path / "synth" / name).exists()
+    assert summary["sets"]["val_syn"]["samples"] == 4 and summary["logmel_shape"] == [64, 201]
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_an_empty_val_split_is_a_one_line_error_naming_the_set_and_folder(tmp_path, missing):
+    features = tmp_path / "features"
+    write_features(features, val_clips_per_class=0)  # an empty folder
+    if missing:
+        (features / "val").rmdir()
+    with pytest.raises(StageError) as err:
+        run_synth(features, tmp_path / "synth", small_synth(), seed=0)
+    assert str(err.value) == f"synth.val_syn: {features / 'val'} has no clips"
+    assert not (tmp_path / "synth").exists()
+
+
+def test_val_sets_need_the_classes_of_their_recipe(tmp_path):
+    # val_un follows synth.un (2 + 2 + 1 classes); a val split of 4 classes is named as val_un's problem
+    write_features(tmp_path / "few", val_clips_per_class=0)
+    write_split(tmp_path / "few" / "val", [make_clip(np.random.default_rng(2), f"val-{label}-v0_0000", [label])
+                                           for label in CLASSES[:4]])
+    with pytest.raises(StageError, match=r"^synth\.val_un: needs 5 distinct classes, .*val has 4$"):
+        run_synth(tmp_path / "few", tmp_path / "synth", small_synth(), seed=0)
+    assert not (tmp_path / "synth").exists()
 
 
 def test_same_input_gives_byte_identical_files(synth_dir, features_dir, tmp_path):
@@ -482,20 +533,39 @@ def test_stage_end_to_end(tmp_path, repo_params, stage_env):
     params = copy.deepcopy(repo_params)
     params["synth"].update(syn={"count": 3, "sounding": 2, "silent": 2, "offscreen": 0},
                            un={"count": 3, "sounding": 2, "silent": 2, "offscreen": 1},
-                           train={"count": 4, "sounding": 2, "silent": 2, "offscreen": 2})
-    (tmp_path / "test-params.yaml").write_text(yaml.safe_dump(params))
-    run = subprocess.run([sys.executable, "-m", "stages.synth", "music", "--params", "test-params.yaml"],
-                         cwd=tmp_path, env=stage_env, capture_output=True, text=True)
+                           train={"count": 4, "sounding": 2, "silent": 2, "offscreen": 2}, val_count=2)
+
+    def run_stage(out: str) -> subprocess.CompletedProcess:
+        (tmp_path / "test-params.yaml").write_text(yaml.safe_dump(params))
+        done = subprocess.run([sys.executable, "-m", "stages.synth", "music", "--params", "test-params.yaml"],
+                              cwd=tmp_path, env=stage_env, capture_output=True, text=True)
+        if (tmp_path / "data" / "synth" / "music").exists():
+            (tmp_path / "data" / "synth" / "music").rename(tmp_path / out)
+        return done
+
+    run = run_stage("first")
     assert run.returncode == 0, run.stderr
     assert "synth@music: un: 3 samples, grid 2, 12 tiles, 24 objects" in run.stdout
-    summary = json.loads((tmp_path / "data" / "synth" / "music" / "summary.json").read_text())
+    assert "synth@music: val_un: 2 samples, grid 2, 8 tiles, 16 objects" in run.stdout
+    summary = json.loads((tmp_path / "first" / "summary.json").read_text())
     assert {name: info["samples"] for name, info in summary["sets"].items()} == {
-        "syn": 3, "un": 3, "train": 4, "duet": 3}
+        "syn": 3, "un": 3, "train": 4, "val_syn": 2, "val_un": 2, "duet": 3, "val_duet": 2}
+    # the data stages draw from data_seed: another training seed gives the same bytes, another data_seed not
+    params["seed"] += 1
+    assert run_stage("other_seed").returncode == 0
+    def files(folder):
+        return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+
+    assert files(tmp_path / "first") == files(tmp_path / "other_seed")
+    for path in files(tmp_path / "first"):
+        assert (tmp_path / "first" / path).read_bytes() == (tmp_path / "other_seed" / path).read_bytes(), path
+    params["data_seed"] += 1
+    assert run_stage("other_data_seed").returncode == 0
+    assert read_set(tmp_path / "other_data_seed", "un").column("members") != \
+        read_set(tmp_path / "first", "un").column("members")
     # too few classes: one line naming the key, exit 2
     params["synth"]["un"]["offscreen"] = 3
-    (tmp_path / "test-params.yaml").write_text(yaml.safe_dump(params))
-    run = subprocess.run([sys.executable, "-m", "stages.synth", "music", "--params", "test-params.yaml"],
-                         cwd=tmp_path, env=stage_env, capture_output=True, text=True)
-    assert run.returncode == 2
+    run = run_stage("failed")
+    assert run.returncode == 2 and not (tmp_path / "failed").exists()
     assert run.stderr.strip().splitlines()[-1].startswith(
         "synth@music: error: synth.un: needs 7 distinct classes, data/features/music/test has 6")

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pipeline.config import load_params
+from pipeline.features import assign_splits
 from pipeline.media import ffmpeg_exe
 from pipeline.sources import toy, toy_glyphs, toy_sound
 from pipeline.stage import StageError
@@ -66,6 +67,26 @@ def world(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- plan
+
+
+@pytest.mark.parametrize("role", sorted(PARAMS.datasets))
+def test_default_worlds_fill_every_split_and_leave_no_duet_unused(role):
+    """params.yaml's toy defaults, split as the features stage splits them (cheap: the plan only)."""
+    dataset = PARAMS.datasets[role]
+    videos = toy.plan_videos(dataset.toy, PARAMS.data_seed, role)
+    splits = assign_splits([dict(video_id=v.video_id, kind=v.kind, labels=v.labels) for v in videos],
+                           dataset.test_videos_per_class, dataset.duet_test_videos_per_pair,
+                           dataset.val_videos_per_class, dataset.duet_val_videos_per_pair)
+    for name in dataset.toy.classes:
+        solo = [splits[v.video_id] for v in videos if v.kind == "solo" and v.labels == [name]]
+        assert solo.count("test") == dataset.test_videos_per_class and solo.count("val") == dataset.val_videos_per_class
+        assert solo.count("train_single") >= 2 and solo.count("train_mix") >= 2, (name, solo)
+    duets = [splits[v.video_id] for v in videos if v.kind == "duet"]
+    assert "unused" not in duets
+    if dataset.toy.duet_videos:  # music: every duet pair has its test and its val videos
+        pairs = {tuple(v.labels) for v in videos if v.kind == "duet"}
+        assert duets.count("duet") == dataset.duet_test_videos_per_pair * len(pairs)
+        assert duets.count("duet_val") == dataset.duet_val_videos_per_pair * len(pairs)
 
 
 def test_plan_is_solo_by_class_then_duets_with_clean_ids():
