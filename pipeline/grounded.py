@@ -23,6 +23,7 @@ made-up ones.
 """
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -90,14 +91,20 @@ def region_iou(region: np.ndarray, truth: np.ndarray) -> float:
     return np.count_nonzero(region & truth) / union if union else 0.0
 
 
+def box_pixels(box: Mapping, height: int, width: int) -> tuple[slice, slice]:
+    """The rows and columns whose pixel centres lie in a normalised box: the pixels of `boxes_mask([box], ...)`."""
+    rows = (max(0, math.ceil(box["y0"] * height - 0.5)), min(height - 1, math.floor(box["y1"] * height - 0.5)))
+    cols = (max(0, math.ceil(box["x0"] * width - 0.5)), min(width - 1, math.floor(box["x1"] * width - 0.5)))
+    return slice(rows[0], rows[1] + 1), slice(cols[0], cols[1] + 1)
+
+
 def lit(region: np.ndarray, objects: Sequence[Mapping], lit_share: float) -> list[bool]:
     """Per object: at least `lit_share` of its box's pixels are in the region (a box with no pixel is not lit)."""
-    size = region.shape[0]
     flags = []
     for obj in objects:
-        box = boxes_mask([obj], size, size)
-        pixels = np.count_nonzero(box)
-        flags.append(bool(pixels) and np.count_nonzero(box & region) >= lit_share * pixels)
+        rows, cols = box_pixels(obj, *region.shape)
+        inside = region[rows, cols]
+        flags.append(bool(inside.size) and np.count_nonzero(inside) >= lit_share * inside.size)
     return flags
 
 

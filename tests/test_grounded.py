@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.grounded import (CONDITIONS, Outputs, Thresholds, Truth, choose_thresholds, derangement, lit,
-                               region_iou, set_metrics, sound_map)
+from pipeline.grounded import (CONDITIONS, Outputs, Thresholds, Truth, box_pixels, choose_thresholds, derangement,
+                               lit, region_iou, set_metrics, sound_map)
 from pipeline.metrics import boxes_mask
 
 CLASSES = [f"c{index}" for index in range(16)]
@@ -150,3 +150,16 @@ def test_every_condition_reports_the_same_keys():
     keys = set(group["deranged"])
     assert keys == set(group["silence"]) and keys <= set(group)
     assert len(CONDITIONS) == 3
+
+
+def test_box_pixels_are_the_pixels_of_the_box_mask():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x0, x1 = sorted(rng.uniform(-0.1, 1.1, 2))
+        y0, y1 = sorted(rng.uniform(-0.1, 1.1, 2))
+        box = {"x0": x0, "y0": y0, "x1": x1, "y1": y1}
+        height, width = rng.integers(1, 40, 2)
+        mask = np.zeros((height, width), dtype=bool)
+        rows, cols = box_pixels(box, height, width)
+        mask[rows, cols] = True
+        assert np.array_equal(mask, boxes_mask([box], height, width)), box
