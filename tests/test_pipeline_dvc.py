@@ -56,8 +56,9 @@ def test_tiny_pipeline_repro_and_metrics_diff(tiny_repo):
     # Evaluate again on the same models: no metric moves (wall times live outside the metric files).
     run(DVC + ["repro", "--force", "--single-item", "evaluate@music"], tiny_repo, env)
     assert json.loads(run(DVC + ["metrics", "diff", "--json"], tiny_repo, env)) == {}
-    plots = json.loads(run(DVC + ["plots", "show", "--json"], tiny_repo, env))
-    assert any("Success rate, music" in name for name in plots), list(plots)
+    plots = json.loads(run(DVC + ["plots", "show", "--json"], tiny_repo, env))["data"]
+    assert {"Success rate, music (test)", "Success rate, vggsound (test)"} <= set(plots), list(plots)
+    assert all(plots[name] and plots[name][0]["content"] for name in plots), plots
     run(["git", "checkout", "--", "."], tiny_repo, env)
 
     # A stricter single-source threshold: a smaller predicted region, so other IoUs.
