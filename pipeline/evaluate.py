@@ -227,8 +227,12 @@ def set_objects(eval_set: EvalSet, which: str, sources: BoxSources) -> list[list
     return [objects_from_clip_boxes(tiles, boxes) for tiles in eval_set.tiles]
 
 
+def has_sounding_boxes(objects: list[list[dict]]) -> bool:
+    return any(obj["sounding"] for image in objects for obj in image)
+
+
 def check_has_boxes(objects: list[list[dict]], name: str, split: str, which: str) -> None:
-    if not any(obj["sounding"] for image in objects for obj in image):
+    if not has_sounding_boxes(objects):
         raise StageError(f"evaluate: the {split} {name} set has no sounding box from the {which} boxes "
                          f"(run detect, or list reference_boxes); refusing to report zeros")
 
@@ -551,8 +555,14 @@ def run_evaluate(features_dir: str | Path, synth_dir: str | Path, paths: Evaluat
     scored = score(loaded["test"], runs["test"], thresholds, classes, sources.main, sources, params)
     metrics = {"source": source, "split": "test", "thresholds_split": "val", "boxes": sources.main, **scored.metrics}
     if sources.second_detector_column:
-        metrics["detector_boxes"] = score(loaded["test"], runs["test"], thresholds, classes, "detector", sources,
-                                          params).metrics
+        missing = [name for name, eval_set in loaded["test"].items()
+                   if not has_sounding_boxes(set_objects(eval_set, "detector", sources))]
+        if missing:  # e.g. a detector trained for one epoch: no column rather than a column of zeros
+            print(f"evaluate: no detector_boxes column: the detector found no sounding object in the test "
+                  f"set(s) {', '.join(missing)}", flush=True)
+        else:
+            metrics["detector_boxes"] = score(loaded["test"], runs["test"], thresholds, classes, "detector",
+                                              sources, params).metrics
     metrics["stage1"] = {key: stage1_report[key] for key in ("nmi", "map", "precision", "recall")}
     metrics["detector"] = {"map50": detector_report["map50"]}
     metrics = rounded(metrics)

@@ -47,7 +47,8 @@ def test_tiny_pipeline_repro_and_metrics_diff(tiny_repo):
         sets = [name for name in ("single", "syn", "un", "duet") if name in expected]
         check_grounded(metrics["grounded"], sets, dataset)
         check_grounded(metrics["baselines"]["avol"]["grounded"], sets, f"{dataset} avol")
-        check_grounded(metrics["detector_boxes"]["grounded"], sets, f"{dataset} detector boxes")
+        if "detector_boxes" in metrics:  # absent when the detector found no sounding object in a test set
+            check_grounded(metrics["detector_boxes"]["grounded"], sets, f"{dataset} detector boxes")
         assert not any("seconds" in key for key in json.loads((tiny_repo / "reports" / dataset /
                                                                 "detector.json").read_text()))
     assert "<table" in (tiny_repo / "reports" / "index.html").read_text()
