@@ -390,7 +390,6 @@ class Scored(NamedTuple):
     metrics: dict  # {"single": dsol, ..., "grounded": {...}, "baselines": {"avol": {... same ...}}}
     rows: list[dict]  # samples.csv rows
     curves: dict[str, list[float]]  # success.csv columns
-    per_image: dict  # (set, method) -> condition -> [ImageScore]
 
 
 def score(test: dict[str, EvalSet], runs: dict[str, SetRun], thresholds: dict[str, Thresholds], classes: list[str],
@@ -398,7 +397,7 @@ def score(test: dict[str, EvalSet], runs: dict[str, SetRun], thresholds: dict[st
     """Both protocols on every test set against one box source, all methods."""
     by_method: dict[str, dict] = {method: {"grounded": {"thresholds": thresholds[method]._asdict()}}
                                   for method in METHODS}
-    rows, curves, per_image = [], {}, {}
+    rows, curves = [], {}
     for name, eval_set in test.items():
         run, objects = runs[name], set_objects(eval_set, which, sources)
         check_has_boxes(objects, name, "test", which)
@@ -409,7 +408,6 @@ def score(test: dict[str, EvalSet], runs: dict[str, SetRun], thresholds: dict[st
             group, images = set_metrics(run.outputs[method], truth, thresholds[method], params.map_size,
                                         params.lit_share, params.grounded_success)
             by_method[method]["grounded"][name] = group
-            per_image[name, method] = images
             curves[f"dsol_{name}_{method}"] = success_curve(ious)
             curves[f"grounded_{name}_{method}"] = success_curve([image.iou for image in images["true"]])
             for row, sample_id in enumerate(eval_set.sample_ids):
@@ -419,7 +417,7 @@ def score(test: dict[str, EvalSet], runs: dict[str, SetRun], thresholds: dict[st
                              "silence_empty": int(images["silence"][row].empty)})
     metrics = dict(by_method["ier"])
     metrics["baselines"] = {method: by_method[method] for method in METHODS if method != "ier"}
-    return Scored(metrics, rows, curves, per_image)
+    return Scored(metrics, rows, curves)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -446,16 +444,17 @@ def write_curves(curves: dict[str, list[float]], path: Path) -> None:
         tmp.write_text(frame.to_csv(index=False, lineterminator="\n"))
 
 
-def example_entries(test: dict[str, EvalSet], runs: dict[str, SetRun], scored: Scored, threshold: Thresholds,
-                    classes: list[str], params: Evaluate) -> tuple[list[np.ndarray], list[np.ndarray],
-                                                                   list[np.ndarray], list[dict]]:
+def example_entries(test: dict[str, EvalSet], runs: dict[str, SetRun], threshold: Thresholds, classes: list[str],
+                    which: str, sources: BoxSources, params: Evaluate) -> tuple[list[np.ndarray], list[np.ndarray],
+                                                                                list[np.ndarray], list[dict]]:
     """The first `examples` images of each class-aware test set: image, IEr's class maps, its sound map under each
-    audio condition, and what they show."""
+    audio condition, and what they show, with the objects of the box source `which` the metrics used."""
     images, maps, regions, info = [], [], [], []
     for name in CLASS_AWARE_SETS:
         if name not in test:
             continue
         eval_set, run = test[name], runs[name]
+        objects = set_objects(eval_set, which, sources)
         for row in range(min(params.examples, len(eval_set.sample_ids))):
             image = Image.fromarray(eval_set.images[row].permute(1, 2, 0).numpy())
             images.append(np.asarray(image.resize((params.map_size, params.map_size), Image.BILINEAR)))
@@ -471,11 +470,11 @@ def example_entries(test: dict[str, EvalSet], runs: dict[str, SetRun], scored: S
             info.append({
                 "sample_id": eval_set.sample_ids[row], "set": name, "sounding": eval_set.sounding[row],
                 "silent": eval_set.silent[row], "offscreen": eval_set.offscreen[row],
-                "objects": eval_set.objects[row],
+                "objects": objects[row],
                 "audio_distribution": {label: float(score) for label, score in zip(classes, heard_true)},
                 "threshold": threshold.map, "conditions": list(CONDITIONS),
                 "lit": {condition: [index for index, flag in enumerate(
-                    lit(per_condition[condition] > threshold.map, eval_set.objects[row], params.lit_share)) if flag]
+                    lit(per_condition[condition] > threshold.map, objects[row], params.lit_share)) if flag]
                     for condition in CONDITIONS},
                 "heard": {condition: [label for label, score in zip(classes, run.outputs["ier"][condition].heard[row])
                                       if score >= threshold.heard] for condition in CONDITIONS},
@@ -568,7 +567,7 @@ def run_evaluate(features_dir: str | Path, synth_dir: str | Path, paths: Evaluat
     metrics = rounded(metrics)
     write_samples(scored.rows, paths.samples)
     write_curves(scored.curves, paths.success)
-    write_examples(example_entries(loaded["test"], runs["test"], scored, thresholds["ier"], classes, params),
-                   classes, paths.examples, params.map_size)
+    write_examples(example_entries(loaded["test"], runs["test"], thresholds["ier"], classes, sources.main, sources,
+                                   params), classes, paths.examples, params.map_size)
     write_json(metrics, paths.metrics)
     return metrics
