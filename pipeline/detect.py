@@ -2,8 +2,9 @@
 
 Toy source: a detector is trained from scratch (architecture yaml, no download)
 on frame 0 of the training clips with the generator's boxes as labels, then
-predicts on frame 0 of the evaluation clips (`test`, `duet`); its mAP50
-against the generator's boxes is the toy world's detector agreement.
+predicts on frame 0 of the evaluation clips (`val`, `test`, `duet_val`, `duet`);
+its mAP50 against the generator's boxes on those frames is the toy world's
+detector agreement.
 Youtube source: local pretrained weights predict; their class names map to
 the dataset's classes through `detect.class_map`.
 

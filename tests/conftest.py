@@ -103,6 +103,18 @@ def run(command: list[str], cwd: Path, env: dict, timeout: int = 1200) -> str:
 DVC = [sys.executable, "-m", "dvc"]
 
 
+def run_with_uncommitted_params(root: Path, params_text: str, command: list[str]) -> subprocess.CompletedProcess:
+    """Commit `params_text` as params.yaml in a fresh git repo at `root`, edit it without committing, and run
+    `command` (a `python -m pipeline.<tool>` line) there with this repo on PYTHONPATH."""
+    env = dvc_environment() | {"PYTHONPATH": str(REPO)}
+    (root / "params.yaml").write_text(params_text)
+    run(["git", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "params"], root, env)
+    (root / "params.yaml").write_text(params_text + "\n# edited\n")
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory) -> Path:
     """The repo's tracked files with tiny params in a fresh git repo, `dvc repro` run and everything committed.

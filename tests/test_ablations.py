@@ -3,7 +3,6 @@ slow: the DVC queue on a one-stage pipeline, and the command on the tiny pipelin
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +12,7 @@ import pandas as pd
 from pipeline.ablations import (ABLATIONS, COMPONENTS, MISSING, Ablation, AblationError, Run, ablations_markdown,
                                 check_committed, check_overrides, exp_show, paired, parse_exp_show, run_experiments,
                                 select, unrunnable)
-from tests.conftest import DVC, REPO, dvc_environment, load_repo_params, run
+from tests.conftest import DVC, REPO, dvc_environment, load_repo_params, run, run_with_uncommitted_params
 
 HEAD_PARAMS = {"synth": {"un": {"sounding": 2, "silent": 2, "offscreen": 1}}}
 
@@ -303,15 +302,8 @@ def test_ablation_command_on_the_tiny_pipeline(tiny_repo):
 
 
 def test_ablation_command_fails_in_one_line_on_uncommitted_params(tmp_path):
-    env = dvc_environment()
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    run(["git", "init", "-q"], tmp_path, env)
-    run(["git", "add", "-A"], tmp_path, env)
-    run(["git", "commit", "-q", "-m", "params"], tmp_path, env)
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text() + "\n# edited\n")
-    env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run([sys.executable, "-m", "pipeline.ablations", "--only", "no-cmr"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = run_with_uncommitted_params(tmp_path, (REPO / "params.yaml").read_text(),
+                                       [sys.executable, "-m", "pipeline.ablations", "--only", "no-cmr"])
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "ablations: error: uncommitted changes in params.yaml: commit them first, so that the experiments and the "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 
 import pytest
@@ -14,7 +13,7 @@ from pipeline.ablations import AblationError, Run, check_committed, parse_exp_sh
 from pipeline.seeds import (RESULTS_END, RESULTS_START, SEEDED_STAGES, SEEDS_OUTPUTS, SeedsError,
                             check_data_stages_unseeded, formatted, method_metrics, readme_table, replace_block,
                             run_seeds, seed_runs, seeds_document, seeds_markdown, summarise)
-from tests.conftest import DVC, REPO, dvc_environment, run
+from tests.conftest import DVC, REPO, dvc_environment, run, run_with_uncommitted_params
 
 T_975_2 = 4.302652729911275  # Student t's 97.5 % quantile with 2 degrees of freedom (tables: 4.303)
 T_975_1 = 12.706204736174707  # ... with 1 (tables: 12.706)
@@ -295,14 +294,7 @@ def test_check_committed_lets_the_seed_outputs_differ(tmp_path):
 
 
 def test_seeds_command_fails_in_one_line(tmp_path):
-    env = dvc_environment() | {"PYTHONPATH": str(REPO)}
-    (tmp_path / "params.yaml").write_text("seed: 0\n")
-    run(["git", "init", "-q"], tmp_path, env)
-    run(["git", "add", "-A"], tmp_path, env)
-    run(["git", "commit", "-q", "-m", "params"], tmp_path, env)
-    (tmp_path / "params.yaml").write_text("seed: 0\n# edited\n")
-    done = subprocess.run([sys.executable, "-m", "pipeline.seeds", "--seeds", "2"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = run_with_uncommitted_params(tmp_path, "seed: 0\n", [sys.executable, "-m", "pipeline.seeds", "--seeds", "2"])
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "seeds: error: uncommitted changes in params.yaml: commit them first, so that the experiments and the "
