@@ -420,6 +420,21 @@ def score(test: dict[str, EvalSet], runs: dict[str, SetRun], thresholds: dict[st
     return Scored(metrics, rows, curves)
 
 
+def val_metrics(val: dict[str, EvalSet], runs: dict[str, SetRun], thresholds: dict[str, Thresholds],
+                classes: list[str], sources: BoxSources, params: Evaluate) -> dict:
+    """The grounded group of every method on the val sets, at the thresholds chosen there: the numbers that settings
+    (epochs, thresholds, any tuning) are chosen by, so that test is scored once. Shaped like metrics.json."""
+    by_method = {}
+    for method in METHODS:
+        by_method[method] = {"grounded": {}}
+        for name, eval_set in val.items():
+            truth = Truth(set_objects(eval_set, sources.main, sources), audible_matrix(eval_set, classes))
+            by_method[method]["grounded"][name] = set_metrics(runs[name].outputs[method], truth, thresholds[method],
+                                                              params.map_size, params.lit_share,
+                                                              params.grounded_success)[0]
+    return {**by_method["ier"], "baselines": {method: by_method[method] for method in METHODS if method != "ier"}}
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -552,7 +567,8 @@ def run_evaluate(features_dir: str | Path, synth_dir: str | Path, paths: Evaluat
                   for method in METHODS}
 
     scored = score(loaded["test"], runs["test"], thresholds, classes, sources.main, sources, params)
-    metrics = {"source": source, "split": "test", "thresholds_split": "val", "boxes": sources.main, **scored.metrics}
+    metrics = {"source": source, "split": "test", "thresholds_split": "val", "boxes": sources.main, **scored.metrics,
+               "val": val_metrics(loaded["val"], runs["val"], thresholds, classes, sources, params)}
     if sources.second_detector_column:
         missing = [name for name, eval_set in loaded["test"].items()
                    if not has_sounding_boxes(set_objects(eval_set, "detector", sources))]
@@ -563,6 +579,8 @@ def run_evaluate(features_dir: str | Path, synth_dir: str | Path, paths: Evaluat
             metrics["detector_boxes"] = score(loaded["test"], runs["test"], thresholds, classes, "detector",
                                               sources, params).metrics
     metrics["stage1"] = {key: stage1_report[key] for key in ("nmi", "map", "precision", "recall")}
+    if "val" in stage1_report:  # a stage-1 model file from before stage 1 scored val has none
+        metrics["val"]["stage1"] = {key: stage1_report["val"][key] for key in ("nmi", "map", "precision", "recall")}
     metrics["detector"] = {"map50": detector_report["map50"]}
     metrics = rounded(metrics)
     write_samples(scored.rows, paths.samples)

@@ -25,7 +25,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import torchaudio
-from torchvision.io import ImageReadMode, decode_jpeg
 from tqdm import tqdm
 
 from pipeline.clips import clip_schema
@@ -320,6 +319,8 @@ def features_schema(clip_samples: int, shape: tuple[int, int], sample_rate: int,
 
 def decode_first_frames(frames: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Frame 0 of every row of a `frames` column, decoded: uint8 (rows, 3, H, W)."""
+    from torchvision.io import ImageReadMode, decode_jpeg  # here: importing torchvision costs each stage ~1 s
+
     try:
         first = pc.list_element(frames, 0).to_pylist()
         images = decode_jpeg([torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in first],

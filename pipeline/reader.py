@@ -47,7 +47,6 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed
 import torch.utils.data
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from pipeline.features import array_layout, array_values
 from pipeline.shards import shard_paths
@@ -248,6 +247,9 @@ class ShardReader(torch.utils.data.IterableDataset):
         return batch
 
     def _decode_images(self, window: list["_Unit"], which: np.ndarray, local: np.ndarray) -> torch.Tensor:
+        # imported here: torchvision costs every process ~1 s to import, and stored pixels need no decoding
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         jpegs = _gather_objects([unit.jpegs(self.image_source, self.frame, self.folder) for unit in window],
                                 which, local)
         images = decode_jpeg(jpegs, mode=ImageReadMode.RGB)

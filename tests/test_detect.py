@@ -425,6 +425,7 @@ def test_stage_end_to_end_offline_and_deterministic(tmp_path):
     assert report["images"] == 18 and report["train_images"] == 24 and report["epochs"] == 1
     assert 0.0 <= report["map50"] <= 1.0 and set(report["per_class_ap50"]) == set(SHAPES)
     assert report["boxes"] == table.num_rows and "seconds" not in report  # a metric file holds no wall time
+    assert "ultralytics_val_map50" in report  # ultralytics' own cross-check, on the val frames
     assert json.loads((tmp_path / "reports/music/detector-run.json").read_text())["seconds"] > 0
     assert (tmp_path / "models/music/detector.pt").stat().st_size > 100_000
     assert (tmp_path / ".yolo/Ultralytics/settings.json").is_file()

@@ -14,9 +14,10 @@ GROUNDED_KEYS = {"iou30", "auc", "sounding_recall", "silent_false_alarm", "heard
                  "heard_recall", "empty"}
 
 
-def check_grounded(group: dict, sets: list[str], where: str) -> None:
-    """The audio-grounded group: thresholds chosen on val, every metric under each audio condition, the controls."""
-    assert set(group["thresholds"]) == {"map", "heard"}, where
+def check_grounded(group: dict, sets: list[str], where: str, thresholds: bool = True) -> None:
+    """The audio-grounded group: thresholds chosen on val (the val group has none of its own), every metric under
+    each audio condition, the controls."""
+    assert set(group["thresholds"]) == {"map", "heard"} if thresholds else "thresholds" not in group, where
     for name in sets:
         entry = group[name]
         assert GROUNDED_KEYS <= set(entry), (where, name)
@@ -47,6 +48,12 @@ def test_tiny_pipeline_repro_and_metrics_diff(tiny_repo):
         sets = [name for name in ("single", "syn", "un", "duet") if name in expected]
         check_grounded(metrics["grounded"], sets, dataset)
         check_grounded(metrics["baselines"]["avol"]["grounded"], sets, f"{dataset} avol")
+        # the val sets' numbers at the same thresholds (what settings are chosen by), stage 1's val numbers too
+        check_grounded(metrics["val"]["grounded"], sets, f"{dataset} val", thresholds=False)
+        check_grounded(metrics["val"]["baselines"]["avol"]["grounded"], sets, f"{dataset} val avol", thresholds=False)
+        assert set(metrics["val"]["stage1"]) == SET_KEYS["stage1"], metrics["val"]
+        stage1_report = json.loads((tiny_repo / "reports" / dataset / "stage1.json").read_text())
+        assert stage1_report["val"]["nmi"] == metrics["val"]["stage1"]["nmi"]
         if "detector_boxes" in metrics:  # absent when the detector found no sounding object in a test set
             check_grounded(metrics["detector_boxes"]["grounded"], sets, f"{dataset} detector boxes")
         assert not any("seconds" in key for key in json.loads((tiny_repo / "reports" / dataset /

@@ -50,7 +50,7 @@ def test_summarise_leaves_nulls_out_and_gives_no_interval_from_one_value():
 
 
 def grounded(base: float) -> dict:
-    """One set's audio-grounded metrics: G of /tmp/spec/common.md, with a null."""
+    """One set's audio-grounded metrics in the layout evaluate writes, with a null."""
     eight = {"iou30": base, "auc": base, "sounding_recall": base, "silent_false_alarm": None, "heard_map": base,
              "heard_precision": base, "heard_recall": base, "empty": base / 2}
     return eight | {"deranged": dict(eight), "silence": dict(eight, empty=1.0), "reliance": base / 4,
@@ -70,7 +70,9 @@ def new_metrics(base: float) -> dict:
             "grounded": ground, "baselines": {"avol": avol},
             "detector_boxes": {**dsol_sets(base - 0.1), "grounded": {"syn": grounded(base - 0.1)},
                                "baselines": {"avol": {"syn": {"ciou30": 0.01}}}},
-            "stage1": {"nmi": 0.9, "map": 0.7, "precision": 0.6, "recall": 0.5}, "detector": {"map50": 0.8}}
+            "stage1": {"nmi": 0.9, "map": 0.7, "precision": 0.6, "recall": 0.5}, "detector": {"map50": 0.8},
+            "val": {"grounded": {"syn": grounded(base + 0.01)}, "stage1": {"nmi": 0.85},
+                    "baselines": {"avol": {"grounded": {"syn": grounded(base / 2 + 0.01)}}}}}
 
 
 def test_method_metrics_splits_ier_baselines_and_detector_boxes():
@@ -86,6 +88,10 @@ def test_method_metrics_splits_ier_baselines_and_detector_boxes():
     assert ier["detector_boxes.grounded.syn.iou30"] == pytest.approx(0.5)
     assert not any(key.startswith(("source", "split", "boxes", "baselines", "thresholds_split")) for key in ier)
     assert not any(".baselines." in key or key.startswith("detector_boxes.baselines") for key in ier)
+    # the val group: the same layout again, prefixed, each method's numbers under its method
+    assert ier["val.grounded.syn.iou30"] == pytest.approx(0.61) and ier["val.stage1.nmi"] == 0.85
+    assert avol["val.grounded.syn.iou30"] == pytest.approx(0.31)
+    assert not any(key.startswith("val.baselines") for key in ier)
     assert avol["grounded.syn.reliance"] == pytest.approx(0.075) and avol["single.iou50"] == 0.3
     assert avol["detector_boxes.syn.ciou30"] == 0.01
     assert not any(key.startswith(("stage1", "detector.")) for key in avol)
@@ -160,15 +166,15 @@ def test_readme_table_has_a_row_per_dataset_and_set():
     old = {0: Run("main", "b" * 40, "success", {"seed": 0}, {"music": {"source": "toy", "syn": {"ciou30": 0.8}}})}
     old_caption = readme_table(seeds_document(old, old[0], "Test CPU"))[0]
     assert "1 seed (0)" in old_caption and "metrics.json does not record the splits" in old_caption
-    assert table[0] == ("| dataset | set | IEr DSOL protocol | AVOL DSOL protocol | IEr grounded IoU@0.3 | "
-                        "AVOL grounded IoU@0.3 | IEr reliance | AVOL reliance |")
+    assert table[0] == ("| dataset | set | IEr grounded IoU@0.3 | AVOL grounded IoU@0.3 | IEr reliance | "
+                        "AVOL reliance | IEr DSOL protocol | AVOL DSOL protocol |")
     rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:2]): line for line in table[2:]}
     assert list(rows) == [("music", "Single-source"), ("music", "Synthetic"), ("music", "Unconstrained"),
                           ("music", "Duet"), ("vggsound", "Single-source"), ("vggsound", "Synthetic"),
                           ("vggsound", "Unconstrained")]
     single = [cell.strip() for cell in rows[("music", "Single-source")].strip("|").split("|")]
-    assert single[2] == f"0.600 ± {T_975_2 * 0.1 / math.sqrt(3):.3f}"  # single-source: iou50
-    assert single[4:] == ["–"] * 4  # no grounded single-source set in these files
+    assert single[6] == f"0.600 ± {T_975_2 * 0.1 / math.sqrt(3):.3f}"  # single-source: iou50
+    assert single[2:6] == ["–"] * 4  # no grounded single-source set in these files
 
 
 # --------------------------------------------------------------------------- the README's block

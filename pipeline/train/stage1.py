@@ -584,20 +584,21 @@ def evaluate(model: Stage1Model, test_dir: Path, test: Split, visual_prototypes:
 
 def run_stage1(features_dir: str | Path, paths: Stage1Paths, model_params: Model, stage1_params: Stage1,
                aii_params: Aii, seed: int) -> dict:
-    """Train stage 1 on `features_dir/train_single`, evaluate on `features_dir/test`, write `paths`; the report.
+    """Train stage 1 on `features_dir/train_single`, evaluate on `features_dir/val` and `features_dir/test`, write
+    `paths`; the report (the test numbers at the top level, the val numbers that settings are chosen on under `val`).
 
     Under `torchrun --nproc_per_node=N` each process trains on its share of every epoch's batches (DDP);
     rank 0 clusters, writes and evaluates, and only it returns the report (the others return {}).
     """
     features_dir = Path(features_dir)
-    train_dir, test_dir = features_dir / "train_single", features_dir / "test"
+    train_dir, val_dir, test_dir = features_dir / "train_single", features_dir / "val", features_dir / "test"
     summary_path = features_dir / "summary.json"
     if not summary_path.is_file():
         raise StageError(f"{summary_path}: not found (run the features stage first)")
     logmel_settings = json.loads(summary_path.read_text()).get("logmel")
     if not logmel_settings:
         raise StageError(f"{summary_path}: no `logmel` settings")
-    for folder in (train_dir, test_dir):
+    for folder in (train_dir, val_dir, test_dir):
         if not list(folder.glob("shard-*.parquet")):
             raise StageError(f"{folder}: no shard-*.parquet files (run the features stage first)")
 
@@ -771,7 +772,11 @@ def _train_and_evaluate(features_dir: Path, paths: Stage1Paths, model_params: Mo
     cluster_classes = cluster_to_class(assignment.numpy(), np.array(train.classes))
     report = evaluate(model, test_dir, test, visual_prototypes, final_prototypes.vectors, cluster_classes,
                       logmel, model_params, stage1_params, seed, device, channels_last)
+    val = evaluate(model, features_dir / "val", read_split(features_dir / "val"), visual_prototypes,
+                   final_prototypes.vectors, cluster_classes, logmel, model_params, stage1_params, seed, device,
+                   channels_last)
     report |= {
+        "val": {key: round(val[key], 6) for key in ("nmi", "nmi_visual", "map", "precision", "recall")},
         "clusters": clusters,
         "empty_clusters": len(final_prototypes.empty),
         "train_clips": len(train.classes),
