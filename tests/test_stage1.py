@@ -79,6 +79,7 @@ def tiny_params(repo_params: dict, av_epochs: int, aii_epochs: int, class_epochs
 def make_workdir(path: Path, params: dict, train_videos_per_class: int = 3, train_clips_per_video: int = 3) -> Path:
     features = path / "data" / "features" / "tiny"
     make_split(features / "train_single", train_videos_per_class, train_clips_per_video, seed=1)
+    make_split(features / "val", videos_per_class=2, clips_per_video=2, seed=3)
     make_split(features / "test", videos_per_class=2, clips_per_video=2, seed=2)
     (features / "summary.json").write_text(json.dumps({"logmel": LOGMEL_SETTINGS}))
     params["datasets"]["tiny"] = params["datasets"]["music"]
@@ -123,6 +124,9 @@ def test_stage_writes_a_loadable_model_and_a_report(finished):
     for key in ("nmi", "map", "precision", "recall"):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["train_clips"] == 36 and report["test_clips"] == 16 and report["test_mixtures"] == 12
+    # the val clips scored the same way (what settings are chosen by), apart from the test numbers
+    assert set(report["val"]) == {"nmi", "nmi_visual", "map", "precision", "recall"}
+    assert all(0.0 <= value <= 1.0 for value in report["val"].values())
     saved = torch.load(finished / "models" / "tiny" / "stage1.pt", weights_only=True)
     assert saved["config"]["clusters"] == 5 and saved["config"]["width"] == 4
     assert saved["visual_prototypes"].shape == (5, 16) and saved["audio_prototypes"].shape == (5, 16)
