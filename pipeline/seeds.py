@@ -222,8 +222,9 @@ def seeds_markdown(seeds_json: dict) -> str:
         lines += markdown_table(head, [[name] + [formatted(keys[key].get(method), len(seeds)) for method in methods]
                                        for key, name in HEADLINE if key in keys])
         lines += ["", f"## {dataset}: every metric", "",
-                  f"`{DETECTOR_BOXES}.*`: the same metrics scored against the detector's boxes; `stage1.*`, "
-                  "`detector.*`: numbers of the run, listed under IEr.", ""]
+                  f"`{DETECTOR_BOXES}.*`: the same metrics scored against the detector's boxes; `{VAL}.*`: the "
+                  "numbers of the val split (what settings are chosen by); `stage1.*`, `detector.*`: numbers "
+                  "of the run, listed under IEr.", ""]
         lines += markdown_table(head, [[f"`{key}`"] + [formatted(keys[key].get(method), len(seeds))
                                                          for method in methods] for key in sorted(keys, key=key_order)])
         lines.append("")
