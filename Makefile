@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export YOLO_OFFLINE := 1
 
-.PHONY: install repro test bench ablations seeds
+.PHONY: install repro test test-fast lint bench ablations variant seeds
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,15 @@ repro: install
 test: install
 	$(PY) -m pytest -q
 
+# the tests without the `slow` marker (a few minutes instead of about twelve)
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+# ruff (pyproject.toml [tool.ruff]) and the package's layers as an import-linter contract ([tool.importlinter])
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
 bench: install
 	$(PY) bench/loader.py
 	$(PY) bench/train_step.py
@@ -34,6 +43,11 @@ bench: install
 # report page (pipeline/ablations.py). ONLY=no-cmr,un-3-3-2 runs a subset.
 ablations: install
 	$(PY) -m pipeline.ablations $(if $(ONLY),--only $(ONLY))
+
+# One named preset of presets/ (e.g. NAME=from-scratch) as a DVC experiment, into the same tables.
+variant: install
+	@test -n "$(NAME)" || { echo "make variant NAME=<a preset of presets/>"; exit 2; }
+	$(PY) -m pipeline.ablations --only $(NAME)
 
 # Seeds 0..SEEDS-1 of the training and evaluation stages as DVC experiments on the committed, reproduced workspace
 # (data and the pretrained trunk fixed) -> reports/seeds.md, reports/seeds.json, the README's results table and

@@ -52,9 +52,9 @@ import torch.utils.data  # noqa: E402
 import torchvision.transforms as transforms  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from pipeline.clips import clip_schema  # noqa: E402
+from pipeline.arrays import array_layout, array_values, clip_schema
 from pipeline.config import load_params  # noqa: E402
-from pipeline.features import array_layout, array_values, run_features  # noqa: E402
+from pipeline.features import run_features
 from pipeline.reader import ShardReader, make_loader  # noqa: E402
 from pipeline.shards import atomic_dir, shard_paths, write_json, write_table  # noqa: E402
 
@@ -80,7 +80,8 @@ def write_synthetic_clips(clips_dir: Path, classes: int = 8, videos_per_class: i
             frames = []
             for _ in range(clips_per_video):
                 background = np.linspace(0, 255, frame_size)[None, :, None] * rng.uniform(0.3, 1.0, 3)
-                picture = np.broadcast_to(background, (frame_size, frame_size, 3)) + rng.normal(0, 8, (frame_size,) * 2 + (3,))
+                picture = (np.broadcast_to(background, (frame_size, frame_size, 3))
+                           + rng.normal(0, 8, (frame_size,) * 2 + (3,)))
                 image = Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8))
                 x, y = rng.integers(0, frame_size // 2, 2)
                 ImageDraw.Draw(image).ellipse([x, y, x + frame_size // 3, y + frame_size // 3],
@@ -124,7 +125,8 @@ def build_per_file_copy(folder: Path) -> Path:
     """One `<clip_id>.pkl` (log-mel array) and one `<clip_id>.jpg` per clip, plus `list.txt`; built once."""
     copy_dir = BENCH_DIR / "files" / "_".join(folder.resolve().parts[-3:])
     source = [dict(path=str(path), bytes=path.stat().st_size) for path in shard_paths(folder)]
-    if (copy_dir / "source.json").is_file() and json.loads((copy_dir / "source.json").read_text()) == {"shards": source}:
+    recorded = copy_dir / "source.json"
+    if recorded.is_file() and json.loads(recorded.read_text()) == {"shards": source}:
         return copy_dir
     print(f"building the per-file copy of {folder} in {copy_dir} ...", flush=True)
     with atomic_dir(copy_dir) as tmp:
@@ -191,7 +193,7 @@ def time_per_file(copy_dir: Path, clips: int, batch_size: int, workers: int, see
                                          generator=torch.Generator().manual_seed(seed))
     clock = Clock(clips)
     while True:
-        for logmel, image in loader:
+        for logmel, _image in loader:
             if clock.tick(len(logmel)):
                 return clock.rate()
 

@@ -1,6 +1,6 @@
 """Training-step benchmark: how much of a stage-1 step the input pipeline costs.
 
-Times the same stage-1 steps (`pipeline.train.stage1.TrainStep`, the code the stage runs) fed two ways:
+Times the same stage-1 steps (`pipeline.train.stage1_step.train_step`, the code the stage runs) fed two ways:
 
 - reader: batches straight from the Parquet shard reader through its DataLoader, as the stage does,
   epoch after epoch (the first epoch reads the files, later ones come from the reader's cache);
@@ -30,14 +30,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `python bench/train_step.py`
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from pipeline.config import load_params  # noqa: E402
-from pipeline.features import LogMel  # noqa: E402
-from pipeline.reader import ShardReader, make_loader  # noqa: E402
-from pipeline.train.stage1 import (Stage1Model, TrainStep, make_deterministic, make_optimizer, pick_device,  # noqa: E402
-                                   read_split)
+from pipeline.audio import LogMel
+from pipeline.config import load_params
+from pipeline.models.ier import Stage1Model
+from pipeline.reader import ShardReader, make_loader
+from pipeline.runtime import make_deterministic, make_optimizer, pick_device
+from pipeline.train.embed import read_split
+from pipeline.train.stage1_step import Trainer, aii_phase, av_phase, train_step
 
 
 def main() -> None:
@@ -58,7 +60,7 @@ def main() -> None:
         sys.exit(f"{summary}: not found (run `dvc repro features@<dataset>` first)")
     params = load_params(ROOT / args.params)
     model_params, stage1_params, aii_params = params.model, params.stage1, params.aii
-    device = pick_device(stage1_params.device)
+    device = pick_device(stage1_params.device, "stage1.device")
     channels_last = model_params.channels_last and not args.contiguous
     logmel = LogMel(**json.loads(summary.read_text())["logmel"])
     waveforms = read_split(folder).waveforms
@@ -74,12 +76,14 @@ def main() -> None:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), stage1_params.lr, stage1_params.weight_decay)
     start_state = ({k: v.clone() for k, v in model.state_dict().items()}, optimizer.state_dict())
-    step = TrainStep(model, model, optimizer, model_params, stage1_params, aii_params, device, channels_last,
-                     waveforms, logmel)
+    trainer = Trainer(model, model, optimizer, model_params, stage1_params, aii_params, device, channels_last,
+                      waveforms, logmel)
+    phase = av_phase()
     if args.phase == "aii":
         assignment = torch.from_numpy(np.arange(len(waveforms)) % stage1_params.clusters)
-        step.set_aii(aii_params.p_end, aii_params.max_mix, assignment,
-                     torch.nn.functional.normalize(torch.randn(stage1_params.clusters, model_params.dim), dim=1))
+        phase = aii_phase(aii_params.p_end, aii_params.max_mix, assignment,
+                          torch.nn.functional.normalize(torch.randn(stage1_params.clusters, model_params.dim), dim=1),
+                          device)
 
     def synchronize() -> None:
         if device.type == "cuda":
@@ -95,7 +99,7 @@ def main() -> None:
         for epoch in range(args.epochs):
             rng = np.random.default_rng([params.seed, epoch])
             for batch in batches_of_epoch(epoch):
-                step(batch, rng)
+                train_step(trainer, phase, batch, rng)
                 steps += 1
         synchronize()
         return time.perf_counter() - start, steps

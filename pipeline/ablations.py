@@ -1,16 +1,35 @@
-"""The ablations of IEr's Tables 3, 4, 7 and 9 as DVC experiments, and `reports/ablations.md` from their metrics.
+"""The ablations of IEr's Tables 3, 4, 7 and 9, and other named variants, as DVC experiments, and
+`reports/ablations.md` from their metrics.
 
-python -m pipeline.ablations [--only no-cmr,un-3-3-2] [--table-only]   (`make ablations` runs it)
+python -m pipeline.ablations [--only no-cmr,un-3-3-2] [--table-only]   (`make ablations` runs it;
+`make variant NAME=from-scratch` runs `--only from-scratch`)
 
-1. Queue one DVC experiment per ablation on the committed workspace (HEAD):
-   `dvc exp run --queue -n NAME -S KEY=VALUE ...`; an older experiment of the same name is removed first,
-   so a rerun replaces it.
+The variants are data: `presets/NAME.yaml`, one file per DVC experiment NAME, read in file-name order. A file
+holds what differs from params.yaml and nothing else, each line with a comment giving its reason:
+
+    label: w/o AII          # the row's name in the tables
+    table: components       # components (Tables 3, 4, 7) | levels (Table 9) | variants (named settings outside
+                            # the paper: their own table; run only when named with --only)
+    overrides:              # params.yaml's dotted leaf key -> its value, in YAML types
+      aii.enabled: false    # why
+
+Loading checks every file against params.yaml and stops at the first problem with one line naming the file and
+key: a top-level key other than these three, a missing label or overrides, an unknown table, an override key that
+is not a single value of params.yaml, or a value that params.yaml's validation (pipeline/config.py) rejects once
+DVC has written it there. Each override becomes one `-S KEY=VALUE` of `dvc exp run`, VALUE in the Hydra override
+grammar DVC parses (`render`); the check applies those arguments with DVC's own code to a copy of params.yaml and
+reads them back, so a value that would not reach the stage as written fails here instead. A Table 9 level needs
+as many distinct classes as its Unconstrained mosaic holds objects (sounding + silent + off-screen).
+
+1. Queue one DVC experiment per selected preset (default: the components and levels, the paper's ablations) on
+   the committed workspace (HEAD): `dvc exp run --queue -n NAME -S KEY=VALUE ...`; an older experiment of the
+   same name is removed first, so a rerun replaces it.
 2. Run the queue, one experiment at a time (`dvc exp run --run-all`).
 3. Read every experiment of HEAD from `dvc exp show --json` and write `reports/ablations.md`: Tables 3/4/7
-   (IEr, w/o AII, w/o CMR, w/o each filter) per dataset role and Table 9 (the Unconstrained set's
-   interference levels, IEr and AVOL). The full IEr row is HEAD's committed metrics. Then each variant
-   paired with IEr mosaic by mosaic (their `samples.csv` in git): which differences exceed the test
-   sets' noise.
+   (IEr, w/o AII, w/o CMR, w/o each filter) per dataset role, Table 9 (the Unconstrained set's interference
+   levels, IEr and AVOL) and the named variants per dataset role. The full IEr row is HEAD's committed
+   metrics. Then each component and variant paired with IEr mosaic by mosaic (their `samples.csv` in git):
+   which differences exceed the test sets' noise.
 4. Rebuild `reports/index.html` through DVC (`dvc repro --single-item --force report`), so that the page
    shows the new tables and dvc.lock records the page it holds. Then, if an experiment failed, exit with
    one line naming it.
@@ -20,26 +39,39 @@ Nothing is applied to the workspace: params.yaml ends as it started.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
 from scipy.stats import binomtest
 
+from pipeline.config import ConfigError, load_params
 from pipeline.report import CLASS_AWARE_METRICS, SET_TITLES, STAGE1_METRICS
 from pipeline.shards import atomic_path
 
 COMPONENTS = "components"  # Tables 3, 4 and 7: IEr with one part taken out
 LEVELS = "levels"  # Table 9: the Unconstrained test set at more sources of interference
+VARIANTS = "variants"  # other named settings (e.g. from-scratch): their own table, run only when named
+TABLES = (COMPONENTS, LEVELS, VARIANTS)
+PAPER_TABLES = (COMPONENTS, LEVELS)  # what runs without --only
+PAIRED_TABLES = (COMPONENTS, VARIANTS)  # rows on the same test mosaics as full IEr: paired mosaic by mosaic
 MISSING = "–"
+PRESETS = Path(__file__).resolve().parents[1] / "presets"  # the presets of this code's repo
+PARAMS = PRESETS.parent / "params.yaml"
+PRESET_KEYS = ("label", "table", "overrides")
+LEVEL_KEYS = ("sounding", "silent", "offscreen")  # synth.un: a level's objects per Unconstrained mosaic
 REPORT = Path("reports") / "ablations.md"
 # What a git-clean workspace may differ in: this command's own outputs (the table, and the report stage's
 # lock entry after step 4), so that a rerun needs no commit in between.
@@ -55,26 +87,146 @@ class Ablation:
     name: str  # DVC experiment name
     label: str  # the row's name in the table
     overrides: tuple[str, ...]  # `dvc exp run -S` arguments
-    table: str  # COMPONENTS or LEVELS
+    table: str  # COMPONENTS, LEVELS or VARIANTS (pipeline.seeds: its own)
     classes_needed: int = 0  # LEVELS: distinct classes one Unconstrained mosaic takes
 
 
-def interference_level(sounding: int, silent: int, offscreen: int) -> Ablation:
-    """The Unconstrained test set with this many sounding, silent and off-screen sources (Table 9)."""
-    return Ablation(f"un-{sounding}-{silent}-{offscreen}", f"({sounding}, {silent}, {offscreen})",
-                    (f"synth.un.sounding={sounding}", f"synth.un.silent={silent}", f"synth.un.offscreen={offscreen}"),
-                    LEVELS, sounding + silent + offscreen)
+# --------------------------------------------------------------------------- the presets
 
 
-ABLATIONS = (
-    Ablation("no-aii", "w/o AII", ("aii.enabled=false",), COMPONENTS),
-    Ablation("no-cmr", "w/o CMR (stage-1 networks)", ("cmr.epochs=0",), COMPONENTS),
-    Ablation("no-silent-filter", "w/o silent object filter", ("cmr.silent_filter=false",), COMPONENTS),
-    Ablation("no-offscreen-filter", "w/o off-screen noise filter", ("cmr.offscreen_filter=false",), COMPONENTS),
-    # (2, 2, 1), the default of synth.un, is the full IEr row.
-    interference_level(3, 3, 2),
-    interference_level(4, 4, 3),
-)
+def render(value: Any) -> str:
+    """A YAML value as the VALUE of `dvc exp run -S KEY=VALUE`, which DVC parses with Hydra's override grammar
+    (dvc/utils/hydra.py: apply_overrides -> to_hydra_overrides -> hydra's OverridesParser), not as YAML.
+
+    Strings are always single-quoted, so that none reads as another type (`'true'`, `'10'`, `'null'`) or as a
+    sweep (`'a,b'`), and the empty string is `''` (Hydra's quote escapes: `\\'` for a quote, backslashes doubled
+    only before a quote or the closing one). Booleans are true / false, numbers Python's repr (a float keeps its
+    dot or exponent, so it stays a float), lists [a,b].
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
+    if isinstance(value, list):
+        return "[" + ",".join(render(item) for item in value) + "]"
+    raise TypeError(f"no -S form for a {type(value).__name__}")
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the working directory where it lies under it: what error lines name."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def through_dvc(params_path: Path, overrides: dict[str, Any], where: str) -> tuple[tuple[str, ...], dict]:
+    """The `-S` arguments of `overrides` (dotted leaf key -> YAML value), and params.yaml as a stage reads it after
+    `dvc exp run` of them: DVC's own code (dvc/utils/hydra.py: apply_overrides) applies them to a copy, which must
+    read back the preset's values and pass params.yaml's validation. AblationError in one line naming `where`."""
+    from dvc.utils.hydra import apply_overrides, to_hydra_overrides
+
+    arguments = tuple(f"{key}={render(value)}" for key, value in overrides.items())
+    for argument in arguments:
+        try:
+            parsed = to_hydra_overrides([argument])
+        except Exception as err:  # hydra's OverrideParseException, whose message spans lines
+            raise AblationError(f"{where}: `-S {argument}` is not valid for DVC "
+                                f"({str(err).strip().splitlines()[0]})") from None
+        if parsed[0].is_sweep_override():
+            raise AblationError(f"{where}: `-S {argument}` is a sweep for DVC, not one value")
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "params.yaml"
+        copy.write_bytes(params_path.read_bytes())
+        try:
+            apply_overrides(copy, list(arguments))
+        except Exception as err:  # DVC's InvalidArgumentError (its cause says why), omegaconf's errors
+            cause = err.__cause__ or err
+            raise AblationError(f"{where}: DVC cannot apply {' '.join(arguments)} "
+                                f"({str(cause).strip().splitlines()[0]})") from None
+        applied = yaml.safe_load(copy.read_text())
+        for key, value in overrides.items():  # e.g. 1e-06: DVC writes `1e-06`, which PyYAML reads as a string
+            read = value_at(applied, *key.split("."))
+            if (type(read), read) != (type(value), value):
+                raise AblationError(f"{where}: overrides.{key}: DVC writes {value!r} so that params.yaml reads "
+                                    f"back {read!r}: not passable as `dvc exp run -S`")
+        try:
+            load_params(copy)
+        except ConfigError as err:  # "<copy>: key: why" -> "overrides.key: why" for an overridden key
+            why = str(err).removeprefix(f"{copy}: ")
+            named = any(why.startswith(f"{key}:") or why.startswith(f"{key}[") for key in overrides)
+            raise AblationError(f"{where}: {'overrides.' if named else ''}{why} "
+                                f"({shown(params_path)} with the overrides applied)") from None
+    return arguments, applied
+
+
+def load_preset(path: Path, params_path: Path, params: dict) -> Ablation:
+    """One `presets/NAME.yaml` checked against params.yaml (`params`: the same file read); AblationError in one line."""
+    where = shown(path)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", path.stem):
+        raise AblationError(f"{where}: the file name is the experiment name: letters, digits, - and _ only")
+    try:
+        preset = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise AblationError(f"{where}: cannot read ({str(err).strip().splitlines()[0]})") from None
+    if not isinstance(preset, dict):
+        raise AblationError(f"{where}: must be a mapping of {', '.join(PRESET_KEYS)}")
+    unknown = [str(key) for key in preset if key not in PRESET_KEYS]
+    if unknown:
+        raise AblationError(f"{where}: {unknown[0]}: unknown key (have {', '.join(PRESET_KEYS)})")
+    missing = [key for key in PRESET_KEYS if preset.get(key) in (None, "", {})]
+    if missing:
+        raise AblationError(f"{where}: {missing[0]}: missing")
+    label, table, overrides = (preset[key] for key in PRESET_KEYS)
+    if not isinstance(label, str):
+        raise AblationError(f"{where}: label: must be a string, got {label!r}")
+    if table not in TABLES:
+        raise AblationError(f"{where}: table: must be one of {' | '.join(TABLES)}, got {table!r}")
+    if not isinstance(overrides, dict):
+        raise AblationError(f"{where}: overrides: must be a mapping of params.yaml keys to values")
+    for key, value in overrides.items():
+        parent = value_at(params, *str(key).split(".")[:-1])
+        if not isinstance(parent, dict) or str(key).split(".")[-1] not in parent:
+            raise AblationError(f"{where}: overrides.{key}: not a key of {shown(params_path)}")
+        if isinstance(parent[str(key).split(".")[-1]], dict):
+            raise AblationError(f"{where}: overrides.{key}: a section of {shown(params_path)}, not one value: "
+                                "name its keys")
+        if isinstance(value, dict):
+            raise AblationError(f"{where}: overrides.{key}: must be one value, got a mapping")
+    arguments, applied = through_dvc(params_path, {str(key): value for key, value in overrides.items()}, where)
+    classes = sum(value_at(applied, "synth", "un", key) for key in LEVEL_KEYS) if table == LEVELS else 0
+    return Ablation(path.stem, label, tuple(arguments), table, classes)
+
+
+def load_presets(folder: Path = PRESETS, params_path: Path = PARAMS) -> tuple[Ablation, ...]:
+    """Every `folder/*.yaml`, by file name, checked against `params_path`; AblationError in one line."""
+    try:
+        load_params(params_path)
+    except ConfigError as err:
+        raise AblationError(str(err)) from None
+    params = yaml.safe_load(Path(params_path).read_text())
+    files = sorted(Path(folder).glob("*.yaml"))
+    if not files:
+        raise AblationError(f"{shown(folder)}: no presets (*.yaml)")
+    return tuple(load_preset(path, Path(params_path), params) for path in files)
+
+
+@functools.cache
+def registry() -> tuple[Ablation, ...]:
+    """This repo's presets against its params.yaml, loaded once (on first use, not on import)."""
+    return load_presets()
+
+
+def __getattr__(name: str):
+    """`ABLATIONS`: the registry, read from presets/ when first asked for (pipeline.seeds never asks)."""
+    if name == "ABLATIONS":
+        return registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Columns of Tables 3/4/7 per dataset role: (metrics.json group, key, header). A column no row has is left out.
 COMPONENT_COLUMNS = tuple(
@@ -151,11 +303,13 @@ def experiment_cell(ablation: Ablation, run: Run | None, skipped: dict[str, str]
     return f"`{ablation.name}`" + (f" ({why})" if why else "")
 
 
-def component_table(dataset: str, baseline: Run, experiments: dict[str, Run]) -> list[str]:
-    """Tables 3, 4 and 7 for one dataset role: IEr, then each COMPONENTS ablation, by metric column."""
+def component_table(dataset: str, baseline: Run, experiments: dict[str, Run], table: str = COMPONENTS,
+                    ablations: tuple[Ablation, ...] | None = None) -> list[str]:
+    """Tables 3, 4 and 7 for one dataset role (or, `table` VARIANTS, the named variants): IEr, then each of the
+    table's presets, by metric column."""
     rows = [("IEr (full)", "HEAD", baseline)] + [
         (ablation.label, experiment_cell(ablation, experiments.get(ablation.name), {}), experiments.get(ablation.name))
-        for ablation in ABLATIONS if ablation.table == COMPONENTS]
+        for ablation in (registry() if ablations is None else ablations) if ablation.table == table]
     metrics = [run.metrics.get(dataset, {}) if run and run.state == "success" else {} for _, _, run in rows]
     columns = [column for column in COMPONENT_COLUMNS if any(value_at(m, *column[:2]) is not None for m in metrics)]
     body = [[label, experiment] + [cell(value_at(m, group, key)) for group, key, _ in columns]
@@ -168,11 +322,13 @@ def level_label(params: dict) -> str:
     return f"({un.get('sounding', '?')}, {un.get('silent', '?')}, {un.get('offscreen', '?')})"
 
 
-def level_table(datasets: list[str], baseline: Run, experiments: dict[str, Run], skipped: dict[str, str]) -> list[str]:
+def level_table(datasets: list[str], baseline: Run, experiments: dict[str, Run], skipped: dict[str, str],
+                ablations: tuple[Ablation, ...] | None = None) -> list[str]:
     """Table 9: CIoU@0.3 and AUC on the Unconstrained set of IEr and AVOL, one row per interference level."""
     rows = [(level_label(baseline.params), "HEAD", baseline)] + [
         (ablation.label, experiment_cell(ablation, experiments.get(ablation.name), skipped),
-         experiments.get(ablation.name)) for ablation in ABLATIONS if ablation.table == LEVELS]
+         experiments.get(ablation.name))
+        for ablation in (registry() if ablations is None else ablations) if ablation.table == LEVELS]
     head = ["(sounding, silent, off-screen)", "experiment"] + [
         f"{dataset} {method_title} {title}" for dataset in datasets for _, method_title in LEVEL_COLUMNS
         for _, title in CLASS_AWARE_METRICS]
@@ -214,13 +370,15 @@ def paired(full: pd.DataFrame, variant: pd.DataFrame, success: float, seed: int 
 SamplesReader = Callable[[str, str], "pd.DataFrame | None"]  # (git commit, dataset role) -> samples.csv or None
 
 
-def paired_table(datasets: list[str], baseline: Run, experiments: dict[str, Run], samples: SamplesReader) -> list[str]:
-    """Each Tables 3/4/7 variant paired with full IEr on every class-aware set (rows where both samples exist)."""
+def paired_table(datasets: list[str], baseline: Run, experiments: dict[str, Run], samples: SamplesReader,
+                 ablations: tuple[Ablation, ...] | None = None) -> list[str]:
+    """Each Tables 3/4/7 variant and named variant paired with full IEr on every class-aware set (rows where both
+    samples exist). Table 9's levels score other test mosaics: not paired."""
     success = value_at(baseline.params, "evaluate", "ciou_success") or 0.3
     body = []
-    for ablation in ABLATIONS:
+    for ablation in registry() if ablations is None else ablations:
         run = experiments.get(ablation.name)
-        if ablation.table != COMPONENTS or run is None or run.state != "success":
+        if ablation.table not in PAIRED_TABLES or run is None or run.state != "success":
             continue
         for dataset in datasets:
             full, variant = samples(baseline.rev, dataset), samples(run.rev, dataset)
@@ -245,32 +403,44 @@ def paired_table(datasets: list[str], baseline: Run, experiments: dict[str, Run]
                            f"CIoU@{success:g} only with IEr", "sign test p", "NSA difference [95 % interval]"], body)
 
 
+PAPER = {COMPONENTS: "Tables 3, 4, 7", LEVELS: "Table 9", VARIANTS: "named variant"}  # the overrides' last column
+
+
 def ablations_markdown(baseline: Run, experiments: dict[str, Run], skipped: dict[str, str] | None = None,
-                       samples: SamplesReader | None = None) -> str:
-    """reports/ablations.md: how each row was made, then Tables 3/4/7 per dataset role and Table 9, and (with
-    `samples`) each variant paired with full IEr mosaic by mosaic.
+                       samples: SamplesReader | None = None, ablations: tuple[Ablation, ...] | None = None) -> str:
+    """reports/ablations.md: how each row was made, then Tables 3/4/7 per dataset role, Table 9, the named
+    variants per dataset role (when there are any), and (with `samples`) each variant paired with full IEr
+    mosaic by mosaic.
 
     `experiments`: runs by experiment name (an ablation without one, or whose run failed, prints as –);
-    `skipped`: ablation name -> why it cannot run; `samples`: reads a run's samples.csv.
+    `skipped`: ablation name -> why it cannot run; `samples`: reads a run's samples.csv; `ablations`: the rows
+    (default: presets/).
     """
+    ablations = registry() if ablations is None else tuple(ablations)
     skipped = skipped or {}
     datasets = list(baseline.metrics) or sorted({d for run in experiments.values() for d in run.metrics})
     lines = [
         "# Ablations",
         "",
         f"From `dvc exp show --json` on commit `{baseline.rev[:7]}` ({baseline.name}): the full IEr row is that "
-        "commit's metrics, every other row a DVC experiment on it with the overrides below. Percentages, one "
-        f"decimal; {MISSING}: not reported (or the experiment did not run). Rerun all: `make ablations`; one "
-        "row: `dvc exp run -n NAME -S KEY=VALUE ...`.",
+        "commit's metrics, every other row a DVC experiment on it with the overrides below (`presets/NAME.yaml`, "
+        f"each with its reasons). Percentages, one decimal; {MISSING}: not reported (or the experiment did not "
+        "run). Rerun the paper's: `make ablations`; a named variant: `make variant NAME=...`; any of them: "
+        "`python -m pipeline.ablations --only NAME[,NAME]`.",
         "",
     ]
     lines += markdown_table(["experiment", "overrides (`-S`)", "paper"], [
-        [f"`{ablation.name}`", " ".join(f"`{override}`" for override in ablation.overrides),
-         "Table 9" if ablation.table == LEVELS else "Tables 3, 4, 7"] for ablation in ABLATIONS])
+        [f"`{ablation.name}`", " ".join(f"`{override}`" for override in ablation.overrides), PAPER[ablation.table]]
+        for ablation in ablations])
     for dataset in datasets:
-        lines += ["", f"## Tables 3, 4 and 7: {dataset}", ""] + component_table(dataset, baseline, experiments)
+        lines += ["", f"## Tables 3, 4 and 7: {dataset}", ""]
+        lines += component_table(dataset, baseline, experiments, COMPONENTS, ablations)
     lines += ["", "## Table 9: interference levels of the Unconstrained set", ""]
-    lines += level_table(datasets, baseline, experiments, skipped)
+    lines += level_table(datasets, baseline, experiments, skipped, ablations)
+    if any(ablation.table == VARIANTS for ablation in ablations):
+        for dataset in datasets:
+            lines += ["", f"## Named variants: {dataset}", ""]
+            lines += component_table(dataset, baseline, experiments, VARIANTS, ablations)
     if samples is not None:
         lines += ["", "## Each variant against full IEr, mosaic by mosaic", "",
                   "The same test mosaics scored by full IEr and by the variant (`reports/<ds>/samples.csv` of both "
@@ -279,7 +449,7 @@ def ablations_markdown(baseline: Run, experiments: dict[str, Run], skipped: dict
                   "A p above 0.05 and an interval across 0: the two rows differ by no more than the test set's "
                   "noise. `python -m pipeline.diagnose <ds>` shows what each term of the class maps does "
                   "(docs/decisions.md).", ""]
-        lines += paired_table(datasets, baseline, experiments, samples)
+        lines += paired_table(datasets, baseline, experiments, samples, ablations)
     return "\n".join(lines) + "\n"
 
 
@@ -313,15 +483,17 @@ def exp_show(repo: Path) -> tuple[Run, dict[str, Run]]:
         raise AblationError(f"`dvc exp show --json` printed no JSON ({err})") from err
 
 
-def select(only: str | None) -> list[Ablation]:
+def select(only: str | None, ablations: tuple[Ablation, ...] | None = None) -> list[Ablation]:
+    """The presets named in `only` (comma-separated), in that order; without names the paper's (PAPER_TABLES)."""
+    ablations = registry() if ablations is None else ablations
     if not only:
-        return list(ABLATIONS)
-    known = {ablation.name: ablation for ablation in ABLATIONS}
+        return [ablation for ablation in ablations if ablation.table in PAPER_TABLES]
+    known = {ablation.name: ablation for ablation in ablations}
     names = [name.strip() for name in only.split(",") if name.strip()]
     unknown = [name for name in names if name not in known]
     if unknown or not names:
         raise AblationError(f"--only: unknown ablation {', '.join(unknown) or '(none given)'} "
-                            f"(have {', '.join(known)})")
+                            f"(have {', '.join(known)}: presets/NAME.yaml)")
     return [known[name] for name in names]
 
 
@@ -398,14 +570,17 @@ def last_error(log: str | None) -> str:
     return f" ({lines[-1]})" if lines else ""
 
 
-def run_ablations(repo: Path, ablations: list[Ablation], run: bool = True) -> Path:
-    """Run `ablations` as DVC experiments (unless `run` is false), then write the table and rebuild the report."""
+def run_ablations(repo: Path, ablations: list[Ablation], run: bool = True,
+                  every: tuple[Ablation, ...] | None = None) -> Path:
+    """Run `ablations` as DVC experiments (unless `run` is false), then write the table of `every` preset
+    (default: presets/) and rebuild the report."""
+    every = registry() if every is None else every
     try:
         params = yaml.safe_load((repo / "params.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise AblationError(f"{repo / 'params.yaml'}: cannot read ({err})") from err
     check_overrides(ablations, params)
-    skipped = unrunnable(ABLATIONS, params)
+    skipped = unrunnable(every, params)
     failed = []
     if run:
         check_committed(repo)
@@ -418,7 +593,7 @@ def run_ablations(repo: Path, ablations: list[Ablation], run: bool = True) -> Pa
         raise AblationError(f"commit {baseline.rev[:7]} has no reports/<ds>/metrics.json: run and commit the "
                             "pipeline first (`make repro`)")
     with atomic_path(repo / REPORT) as tmp:
-        tmp.write_text(ablations_markdown(baseline, experiments, skipped, git_samples(repo)), encoding="utf-8")
+        tmp.write_text(ablations_markdown(baseline, experiments, skipped, git_samples(repo), every), encoding="utf-8")
     # Through DVC rather than calling build_report: the page is a DVC output, so dvc.lock then records the
     # page that is in the workspace (and the cache), and `dvc status` stays clean.
     dvc(repo, "repro", "--single-item", "--force", "report", capture=False)
@@ -429,13 +604,14 @@ def run_ablations(repo: Path, ablations: list[Ablation], run: bool = True) -> Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.ablations", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", help="comma-separated experiment names (default: all of "
-                        + ", ".join(ablation.name for ablation in ABLATIONS) + ")")
+    parser.add_argument("--only", help="comma-separated preset names, presets/NAME.yaml (default: every "
+                        f"{' and '.join(PAPER_TABLES)} preset, the paper's ablations; variants run only when named)")
     parser.add_argument("--table-only", action="store_true",
                         help="run nothing: rewrite the table from the experiments DVC already has, and the report")
     args = parser.parse_args()
     try:
-        path = run_ablations(Path.cwd(), select(args.only), run=not args.table_only)
+        every = load_presets(PRESETS, Path.cwd() / "params.yaml")  # against the params the experiments change
+        path = run_ablations(Path.cwd(), select(args.only, every), run=not args.table_only, every=every)
     except AblationError as err:
         print(f"ablations: error: {err}", file=sys.stderr)
         sys.exit(2)

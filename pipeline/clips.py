@@ -17,39 +17,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
+from pipeline.arrays import OBJECT, clip_schema
 from pipeline.config import Clips
 from pipeline.media import MediaError, decode_audio, decode_frames, encode_jpeg, probe
+from pipeline.progress import progress
 from pipeline.shards import atomic_dir, write_table
 from pipeline.stage import StageError
 
-OBJECT = pa.struct([
-    ("class", pa.string()),
-    ("x0", pa.float32()), ("y0", pa.float32()), ("x1", pa.float32()), ("y1", pa.float32()),
-    ("sounding", pa.bool_()),
-])
 OBJECT_FIELDS = [field.name for field in OBJECT]
 MANIFEST_COLUMNS = ["video_id", "labels", "kind", "status", "path"]
 TRUTH_COLUMNS = ["video_id", "frame", "time_s", *OBJECT_FIELDS]
 VIDEOS_SCHEMA = pa.schema([
     ("video_id", pa.string()), ("status", pa.string()), ("reason", pa.string()), ("n_clips", pa.int32()),
 ])
-
-
-def clip_schema(clip_samples: int) -> pa.Schema:
-    """The columns of a clip row (docs/data.md); the waveform length is fixed by the params."""
-    return pa.schema([
-        ("clip_id", pa.string()),
-        ("video_id", pa.string()),
-        ("clip_index", pa.int32()),
-        ("start_s", pa.float64()),
-        ("labels", pa.list_(pa.string())),
-        ("kind", pa.string()),
-        ("waveform", pa.list_(pa.int16(), clip_samples)),
-        ("frames", pa.list_(pa.binary())),
-        ("objects", pa.list_(pa.list_(OBJECT))),
-    ])
 
 
 def clip_samples(params: Clips) -> int:
@@ -165,13 +146,13 @@ def _read_table(path: Path, columns: list[str]) -> pa.Table:
 
 def _map_in_order(function, jobs: list[dict], workers: int, description: str) -> list:
     """function(job) for every job, in job order, over `workers` processes, with a progress bar."""
-    progress = dict(total=len(jobs), desc=description, unit="video")
+    bar = dict(total=len(jobs), desc=description, unit="video")
     if workers <= 1 or len(jobs) <= 1:
-        return [function(job) for job in tqdm(jobs, **progress)]
+        return [function(job) for job in progress(jobs, **bar)]
     # spawn, not fork: forking a process whose pyarrow thread pools are running is unsafe.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-        return list(tqdm(pool.map(function, jobs), **progress))
+        return list(progress(pool.map(function, jobs), **bar))
 
 
 def run_clips(raw_dir: str | Path, out_dir: str | Path, params: Clips) -> pa.Table:

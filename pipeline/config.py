@@ -35,7 +35,7 @@ def knob(lo: float | None = None, hi: float | None = None, **extra: Any) -> Any:
 
 @dataclass(frozen=True)
 class ToyWorld:
-    """The procedurally generated stand-in for a dataset (DESIGN section 4)."""
+    """The procedurally generated stand-in for a dataset (docs/data.md)."""
 
     classes: list[str]  # sounding classes, each with a glyph and a sound
     solo_videos_per_class: int = knob(lo=3)
@@ -227,7 +227,8 @@ class Aii:
     min_mix: int = knob(lo=2, hi=16)  # clips per mixture at the start
     max_mix: int = knob(lo=2, hi=16)  # clips per mixture at the end
     av_loss_weight: float = knob(lo=0.0)  # weight of Eq. 1 on the single clips during the AII phase
-    sibling_cos: float = knob(lo=0.0, hi=1.0)  # AII targets: other prototypes whose P^a lies this close to a member's are left out (1: none)
+    # AII targets: other prototypes whose P^a lies this close to a member's are left out (1: none)
+    sibling_cos: float = knob(lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ class Cmr:
 
 @dataclass(frozen=True)
 class Evaluate:
-    """The evaluation protocol (DESIGN section 7)."""
+    """The evaluation protocol (docs/architecture.md)."""
 
     map_size: int = knob(lo=8, hi=1024)  # maps are bilinearly resized to this side before thresholding (224)
     single_threshold: float = knob(lo=0.0, hi=1.0)  # single source: predicted region above this x max (0.1)

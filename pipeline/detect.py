@@ -1,4 +1,4 @@
-"""Object boxes on the evaluation frames with ultralytics YOLO, offline (DESIGN sections 3, 7, 9).
+"""Object boxes on the evaluation frames with ultralytics YOLO, offline (docs/architecture.md).
 
 Toy source: a detector is trained from scratch (architecture yaml, no download)
 on frame 0 of the training clips with the generator's boxes as labels, then
@@ -319,7 +319,8 @@ def check_model(params: Detect, source: str) -> None:
     if (source == "youtube" or params.model.endswith(".pt")) and not Path(params.model).is_file():
         need = "the youtube source needs local pretrained weights (e.g. yolov8n-oiv7.pt)" if source == "youtube" else (
             "a .pt model must be a local file")
-        raise StageError(f"detect.model: weights file {params.model} not found; {need}, nothing is downloaded at run time")
+        raise StageError(f"detect.model: weights file {params.model} not found; {need}, "
+                         "nothing is downloaded at run time")
     if source == "youtube" and not params.class_map:
         raise StageError("detect.class_map: empty; the youtube source needs detector class -> dataset class")
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -35,9 +35,9 @@ from pipeline.config import ConfigError, load_params
 from pipeline.evaluate import CLASS_AWARE_SETS, batches, prepared, sounding_boxes
 from pipeline.metrics import (NSA_THRESHOLD, boxes_mask, class_aware_iou, class_maps, non_sounding_area, resize_map,
                               success_rate)
+from pipeline.models.files import load_trained
 from pipeline.models.ier import localization_map, localization_map_pairs, prototype_similarity
 from pipeline.stage import StageError
-from pipeline.train.stage2 import load_trained
 
 TERMS = ("evaluated", "visual", "audio")
 COLUMNS = ("ciou30", "nsa", "sounding_on_box", "silent_on_box", "off_boxes", "loud_silent_box", "loud_off_boxes")
@@ -63,7 +63,7 @@ def diagnose(root: Path, dataset: str, params_path: Path) -> dict:
         heard_by_role = {"sounding": [], "silent": [], "offscreen": [], "absent": []}
         columns = ("image", "logmel", "objects", "sounding", "silent", "offscreen")
         for batch in batches(folder, columns, evaluate.batch_size):
-            images, log_mels = prepared(batch, torch.device("cpu"))
+            images, log_mels = prepared(batch, torch.device("cpu"), ier.normalisation)
             with torch.no_grad():
                 visual, _, expanded = ier.model(images, log_mels, torch.arange(len(log_mels)))
                 visual_logits = ier.model.head.logits(localization_map_pairs(visual, ier.visual_prototypes)).numpy()

@@ -29,9 +29,10 @@ from sklearn.linear_model import LogisticRegression
 
 from pipeline.config import load_params
 from pipeline.diagnose import command_line
+from pipeline.models.files import load_trained
+from pipeline.runtime import pick_device
 from pipeline.train.cluster import nmi
-from pipeline.train.stage1 import embed_split, pick_device, read_split
-from pipeline.train.stage2 import load_trained
+from pipeline.train.embed import embed_split, read_split
 
 PROBE_ITERATIONS = 2000  # lbfgs iterations of the probes; the unit-norm features converge well before
 
@@ -47,7 +48,7 @@ def diagnose_stage1(root: Path, dataset: str, params_path: Path) -> dict:
     "probe_audio"}}} for the stage-1 model of `dataset` under `root`."""
     params = load_params(params_path)
     trained = load_trained(root / "models" / dataset / "stage1.pt", params.model)
-    device = pick_device(params.stage1.device)
+    device = pick_device(params.stage1.device, "stage1.device")
     model = trained.model.to(device)
     features = root / "data" / "features" / dataset
     embedded = {}

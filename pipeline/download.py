@@ -28,9 +28,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,6 +40,7 @@ from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
 
 from pipeline import media
 from pipeline.config import Dataset, Download, Params, YoutubeSource
+from pipeline.progress import progress
 from pipeline.shards import atomic_path, write_table
 from pipeline.sources import toy
 from pipeline.sources.music import read_music_index
@@ -248,7 +249,7 @@ class YtDlpFetcher:
         FFmpegPostProcessor._ffmpeg_location.reset(self._ffmpeg_token)
         shutil.rmtree(self.incoming_dir, ignore_errors=True)
 
-    def __enter__(self) -> "YtDlpFetcher":
+    def __enter__(self) -> YtDlpFetcher:
         return self
 
     def __exit__(self, *_) -> None:
@@ -283,6 +284,21 @@ def _keep(row: dict | None, raw_dir: Path) -> bool:
     return is_gone(row["error"])
 
 
+def manifest_row(request: VideoRequest, error: str, attempts: int) -> dict:
+    """The manifest's row of a fetched video ("" error: ok) or of a failed one."""
+    return {
+        "video_id": request.video_id,
+        "url": request.manifest_url or request.url,
+        "labels": list(request.labels),
+        "kind": request.kind,
+        "start_s": float(request.start_s),
+        "status": "failed" if error else "ok",
+        "error": error,
+        "attempts": attempts,
+        "path": "" if error else f"videos/{request.video_id}.mp4",
+    }
+
+
 def download_videos(
     requests: list[VideoRequest],
     raw_dir: Path,
@@ -313,7 +329,7 @@ def download_videos(
     waits_in_a_row = 0
     fetched_before = False  # no pause before the first fetch of a run
     todo = [request for request in requests if request.video_id not in rows]
-    for request in tqdm(todo, desc=f"download {raw_dir.name}", unit="video", disable=not todo):
+    for request in progress(todo, desc=f"download {raw_dir.name}", unit="video", disable=not todo):
         attempts, failures, error = 0, 0, ""
         just_waited = False
         dest = raw_dir / "videos" / f"{request.video_id}.mp4"
@@ -347,19 +363,8 @@ def download_videos(
             failures += 1
             if is_gone(error) or failures > settings.retries:
                 break
-        ok = not error
-        rows[request.video_id] = {
-            "video_id": request.video_id,
-            "url": request.manifest_url or request.url,
-            "labels": list(request.labels),
-            "kind": request.kind,
-            "start_s": float(request.start_s),
-            "status": "ok" if ok else "failed",
-            "error": error,
-            "attempts": attempts,
-            "path": f"videos/{request.video_id}.mp4" if ok else "",
-        }
-        if not ok:
+        rows[request.video_id] = manifest_row(request, error, attempts)
+        if error:
             dest.unlink(missing_ok=True)  # an older copy must not outlive its failed row
         result.fetched += 1
         if result.fetched % MANIFEST_EVERY == 0:

@@ -1,4 +1,4 @@
-"""Evaluation of IEr and the AVOL baseline on one dataset (DESIGN section 7).
+"""Evaluation of IEr and the AVOL baseline on one dataset (docs/architecture.md).
 
     run_evaluate(features_dir, synth_dir, paths, model_params, params, source, reference_boxes, seed)
 
@@ -43,36 +43,25 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from pipeline.audio import LogMel, read_logmel_settings
 from pipeline.config import Evaluate, Model
-from pipeline.features import LogMel
-from pipeline.grounded import (CONDITIONS, Outputs, Thresholds, Truth, choose_thresholds, derangement, lit,
-                               set_metrics, sound_maps, success_curve)
-from pipeline.metrics import (AUC_THRESHOLDS, auc, boxes_mask, class_aware_iou, class_maps, iou,
-                              non_sounding_area, resize_map, success_rate)
+from pipeline.grounded import (CONDITIONS, Outputs, Thresholds, Truth, choose_thresholds, derangement, lit, set_metrics,
+                               sound_maps, success_curve)
+from pipeline.metrics import (AUC_THRESHOLDS, auc, boxes_mask, class_aware_iou, class_maps, iou, non_sounding_area,
+                              resize_map, success_rate)
+from pipeline.models.files import Trained, load_trained
 from pipeline.models.ier import localization_map, prototype_similarity
+from pipeline.models.inputs import Normalisation, prepare_images, prepare_logmel
+from pipeline.paths import EvaluatePaths
 from pipeline.reader import ShardReader
+from pipeline.runtime import autocast, pick_device
 from pipeline.shards import atomic_path, write_json
 from pipeline.stage import StageError
-from pipeline.synth import read_logmel_settings
 from pipeline.train.referrer import class_aware_maps
-from pipeline.train.stage1 import autocast, pick_device, prepare_images, prepare_logmel
-from pipeline.train.stage2 import Trained, load_trained
 
 CLASS_AWARE_SETS = ("syn", "un", "duet")
 SETS = ("single", *CLASS_AWARE_SETS)
 METHODS = ("ier", "avol")
-
-
-class EvaluatePaths(NamedTuple):
-    stage1_model: Path  # models/<ds>/stage1.pt: AVOL's networks
-    stage2_model: Path  # models/<ds>/stage2.pt: IEr
-    stage1_report: Path  # reports/<ds>/stage1.json
-    detector_report: Path  # reports/<ds>/detector.json
-    boxes: Path  # data/boxes/<ds>.parquet: the detector's boxes on the evaluation frames
-    metrics: Path  # reports/<ds>/metrics.json
-    samples: Path  # reports/<ds>/samples.csv
-    success: Path  # reports/<ds>/success.csv
-    examples: Path  # reports/<ds>/examples.npz (and .json beside it)
 
 
 # --------------------------------------------------------------------------- the sets, in memory
@@ -97,10 +86,10 @@ def batches(folder: Path, columns: tuple[str, ...], batch_size: int):
     return ShardReader(folder, columns=columns, batch_size=batch_size, rank=0, world_size=1)
 
 
-def prepared(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images at their own size (frames, mosaics grid x tile) and log-mels, ready for the nets."""
-    images = prepare_images(batch["image"], batch["image"].shape[-1], device, False)
-    return images, prepare_logmel(batch["logmel"], device, False)
+def prepared(batch: dict, device: torch.device, normalisation: Normalisation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images at their own size (frames, mosaics grid x tile) and log-mels, normalised as the model file says."""
+    images = prepare_images(batch["image"], batch["image"].shape[-1], device, False, normalisation=normalisation)
+    return images, prepare_logmel(batch["logmel"], device, False, normalisation)
 
 
 def sounding_boxes(objects: list[dict], name: str | None = None) -> list[dict]:
@@ -301,6 +290,14 @@ class SetRun(NamedTuple):
     deranged_from: np.ndarray  # image i heard the audio of image deranged_from[i]
 
 
+def shared_normalisation(models: dict[str, Trained]) -> Normalisation:
+    """The input normalisation of every model (one StageError when their files disagree)."""
+    found = {method: trained.normalisation for method, trained in models.items()}
+    if len(set(found.values())) > 1:
+        raise StageError(f"the model files normalise their inputs differently: {found}")
+    return next(iter(found.values()))
+
+
 def run_set(eval_set: EvalSet, models: dict[str, Trained], classes: list[str], model_params: Model,
             silence: torch.Tensor, seed: int, batch_size: int, device: torch.device, with_dsol: bool) -> SetRun:
     """Every method under every audio condition on one set (the visual features computed once per batch)."""
@@ -309,13 +306,15 @@ def run_set(eval_set: EvalSet, models: dict[str, Trained], classes: list[str], m
     audio_of = {"true": eval_set.log_mels, "deranged": eval_set.log_mels[torch.from_numpy(permutation)],
                 "silence": silence.expand(count, *silence.shape)}
     collected = {method: {condition: [] for condition in CONDITIONS} for method in models}
+    normalisation = shared_normalisation(models)  # the images are prepared once for every method
     for start in range(0, count, batch_size):
         rows = slice(start, start + batch_size)
-        images = prepare_images(eval_set.images[rows], eval_set.images.shape[-1], device, False)
+        images = prepare_images(eval_set.images[rows], eval_set.images.shape[-1], device, False,
+                                normalisation=normalisation)
         with torch.no_grad(), autocast(device):
             visuals = {method: trained.model.visual(images).embedding for method, trained in models.items()}
             for condition in CONDITIONS:
-                log_mels = prepare_logmel(audio_of[condition][rows], device, False)
+                log_mels = prepare_logmel(audio_of[condition][rows], device, False, normalisation)
                 for method, trained in models.items():
                     collected[method][condition].append(run_method(
                         method, trained, visuals[method], log_mels, classes, model_params,
@@ -536,7 +535,7 @@ def run_evaluate(features_dir: str | Path, synth_dir: str | Path, paths: Evaluat
     for split in ("val", "test"):
         if not list((features_dir / split).glob("shard-*.parquet")):
             raise StageError(f"{features_dir / split}: no shard-*.parquet files (run the features stage first)")
-    device = pick_device(params.device)
+    device = pick_device(params.device, "evaluate.device")
     models = {"ier": load_trained(paths.stage2_model, model_params),
               "avol": load_trained(paths.stage1_model, model_params)}
     for trained in models.values():

@@ -15,159 +15,26 @@ compute the mixture's log-mel exactly as the single clips' one was computed:
 from __future__ import annotations
 
 import collections
-import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-import torchaudio
-from tqdm import tqdm
 
-from pipeline.clips import clip_schema
+from pipeline.arrays import (COMPRESSION, DICTIONARY_COLUMNS, array_column, array_field, array_layout, clip_schema,
+                             parquet_options)
+from pipeline.audio import LogMel, logmel_shape
 from pipeline.config import Dataset, Features
+from pipeline.progress import progress
 from pipeline.shards import ShardWriter, atomic_dir, write_json
 from pipeline.stage import StageError
 
 SPLITS = ("train_single", "train_mix", "val", "test", "duet_val", "duet")
 UNUSED = "unused"  # duet videos past the test and val duet videos of their class pair
 FEATURES_BATCH = 256  # clips per log-mel call: large enough to amortise torch's per-call cost
-# lz4 for the small columns, dictionary pages for the repetitive strings only; the array columns
-# are stored uncompressed (`parquet_options`).
-COMPRESSION = "lz4"
-DICTIONARY_COLUMNS = ["video_id", "kind", "labels.list.element"]
-
-
-# --------------------------------------------------------------------------- array columns
-# The big numeric columns (`waveform`, `logmel`, `pixels`) hold one fixed-shape array per row,
-# stored as fixed_size_binary: the array's little-endian bytes, row-major, with its dtype and
-# shape in the schema metadata (`<name>_dtype`, `<name>_shape`). Parquet stores a
-# fixed_size_list as a nested list with a repetition level per element, which pyarrow decodes
-# ~20x slower (0.066 ms vs 0.003 ms per 64x201 log-mel row); plain bytes decode at memcpy speed
-# and read back as numpy views with no per-row work.
-
-
-def array_field(name: str, dtype: np.dtype | str, shape: Sequence[int]) -> tuple[pa.Field, dict[str, str]]:
-    """The fixed_size_binary field of an array column and its schema metadata entries."""
-    dtype = np.dtype(dtype).newbyteorder("<")
-    shape = tuple(int(n) for n in shape)
-    width = dtype.itemsize * math.prod(shape)
-    return pa.field(name, pa.binary(width)), {f"{name}_dtype": dtype.str, f"{name}_shape": ",".join(map(str, shape))}
-
-
-def array_column(values: np.ndarray) -> pa.FixedSizeBinaryArray:
-    """Rows of `values` (rows, *shape) as a fixed_size_binary column of their little-endian bytes."""
-    values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
-    width = values.dtype.itemsize * math.prod(values.shape[1:])
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(values)])
-
-
-def array_layout(schema: pa.Schema, name: str) -> tuple[np.dtype, tuple[int, ...]]:
-    """(dtype, shape of one row) of array column `name`, from the schema metadata.
-
-    A missing `<name>_dtype` means bytes (uint8): shards written before the key
-    existed store only `pixels_shape`. Raises ValueError when the metadata is
-    missing or does not match the column's byte width.
-    """
-    kind = schema.field(name).type
-    if not pa.types.is_fixed_size_binary(kind):
-        raise ValueError(f"column {name} must be fixed_size_binary (an array column, docs/data.md), got {kind}")
-    metadata = schema.metadata or {}
-    shape_text = metadata.get(f"{name}_shape".encode(), b"").decode()
-    dtype_text = metadata.get(f"{name}_dtype".encode(), b"|u1").decode()
-    try:
-        shape = tuple(int(n) for n in shape_text.split(","))
-        dtype = np.dtype(dtype_text)
-    except (TypeError, ValueError):
-        raise ValueError(f"schema metadata {name}_shape / {name}_dtype must be like '64,201' / '<f4', "
-                         f"got {shape_text!r} / {dtype_text!r}") from None
-    if kind.byte_width != dtype.itemsize * math.prod(shape):
-        raise ValueError(f"column {name} must be fixed_size_binary[{dtype.itemsize * math.prod(shape)}] "
-                         f"({dtype_text} {shape_text}), got {kind}")
-    return dtype, shape
-
-
-def parquet_options(schema: pa.Schema, compression: str, dictionary: Sequence[str] | None = None) -> dict:
-    """`pyarrow.parquet.write_table` options: `compression` for every column but the array columns,
-    which are stored uncompressed and without dictionary: raw audio, log-mel and pixel bytes gain
-    little or nothing from lz4 (the toy log-mel and waveform grow) and then decode at memcpy speed
-    (0.003 vs 0.005 ms a log-mel row with lz4). Dictionary pages for the `dictionary` columns (leaf
-    paths, e.g. `labels.list.element`), or for every other column when None."""
-    arrays = {field.name for field in schema if pa.types.is_fixed_size_binary(field.type)
-              and f"{field.name}_shape".encode() in (schema.metadata or {})}
-    leaves = {field.name: _leaf_paths(field.name, field.type) for field in schema}
-    codecs = {leaf: "none" if name in arrays else compression for name, paths in leaves.items() for leaf in paths}
-    if dictionary is None:
-        dictionary = [leaf for name, paths in leaves.items() if name not in arrays for leaf in paths]
-    return dict(compression=codecs, use_dictionary=list(dictionary))
-
-
-def _leaf_paths(path: str, kind: pa.DataType) -> list[str]:
-    """The Parquet column paths of an Arrow field (a list's values are `<path>.list.element`)."""
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        return _leaf_paths(f"{path}.list.element", kind.value_type)
-    if pa.types.is_struct(kind):
-        return [leaf for child in kind for leaf in _leaf_paths(f"{path}.{child.name}", child.type)]
-    return [path]
-
-
-def array_values(column: pa.Array | pa.ChunkedArray, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
-    """The arrays of a fixed_size_binary column as one read-only numpy array (rows, *shape).
-
-    A view of Arrow's memory (no copy) when the column is one chunk; null rows are not allowed.
-    """
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if column.null_count:
-        raise ValueError("array column with null rows")
-    if len(column) == 0:
-        return np.empty((0, *shape), dtype=dtype)
-    width = column.type.byte_width
-    data = np.frombuffer(column.buffers()[1], dtype=np.uint8)
-    rows = data[column.offset * width:(column.offset + len(column)) * width]  # a slice starts at its offset
-    values = rows.view(dtype).reshape(len(column), *shape)
-    values.flags.writeable = False  # Arrow arrays are immutable, and may share this memory
-    return values
-
-
-class LogMel(torch.nn.Module):
-    """int16 or float waveforms (batch, samples) -> log-mel in dB (batch, n_mels, n_frames).
-
-    16 kHz, 64 mels up to 8 kHz, DSOL's 160-sample window and 80-sample hop
-    (201 frames per second), zero-padded to n_fft so that no mel filter is empty.
-    A clip's log-mel does not depend on the clips it is batched with.
-    """
-
-    def __init__(self, sample_rate: int, n_mels: int, f_max: float, win_length: int,
-                 hop_length: int, n_fft: int, top_db: float):
-        super().__init__()
-        self.settings = dict(sample_rate=sample_rate, n_mels=n_mels, f_max=f_max, win_length=win_length,
-                             hop_length=hop_length, n_fft=n_fft, top_db=top_db)
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
-            f_min=0.0, f_max=f_max, n_mels=n_mels, power=2.0)
-        self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=top_db)
-
-    def forward(self, waveform: torch.Tensor | np.ndarray) -> torch.Tensor:
-        waveform = torch.as_tensor(waveform)
-        if waveform.dtype == torch.int16:
-            waveform = waveform.float() / 32768.0
-        squeeze = waveform.dim() == 1
-        if squeeze:
-            waveform = waveform[None]
-        power = self.mel(waveform.float())
-        # AmplitudeToDB's top_db clamps against the max of each (channel, freq, time) block:
-        # a channel axis of 1 makes that block one clip, so a clip's floor ignores its batch.
-        log_mel = self.to_db(power[:, None])[:, 0]
-        return log_mel[0] if squeeze else log_mel
-
-
-def logmel_shape(settings: Mapping, clip_samples: int) -> tuple[int, int]:
-    """(n_mels, n_frames) of one clip: torch's centred STFT gives 1 + samples // hop frames."""
-    return settings["n_mels"], 1 + clip_samples // settings["hop_length"]
 
 
 # --------------------------------------------------------------------------- splits
@@ -345,7 +212,8 @@ def add_features(table: pa.Table, logmel: LogMel, schema: pa.Schema) -> pa.Table
     if "pixels" in schema.names:
         pixels = decode_first_frames(table.column("frames"))
         if pixels[0].size != schema.field("pixels").type.byte_width:
-            raise ValueError(f"frames of {pixels.shape[1:]} pixels, expected {schema.metadata[b'pixels_shape'].decode()}")
+            expected = schema.metadata[b"pixels_shape"].decode()
+            raise ValueError(f"frames of {pixels.shape[1:]} pixels, expected {expected}")
         table = table.append_column(schema.field("pixels"), array_column(pixels))
     return table
 
@@ -358,7 +226,7 @@ def _write_split(clips_dir: Path, videos: list[dict], logmel: LogMel, schema: pa
                      **parquet_options(schema, COMPRESSION, DICTIONARY_COLUMNS)) as writer:
         pending: list[pa.Table] = []
         pending_rows = 0
-        for position, video in enumerate(tqdm(videos, desc=description, unit="video")):
+        for position, video in enumerate(progress(videos, desc=description, unit="video")):
             pending.append(_read_video_clips(clips_dir, video, clip_columns))
             pending_rows += pending[-1].num_rows
             if pending_rows >= FEATURES_BATCH or position == len(videos) - 1:

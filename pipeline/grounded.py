@@ -1,4 +1,5 @@
-"""The audio-grounded protocol: does a localiser light what it *hears*? (DESIGN section 7, "Does it listen?")
+"""The audio-grounded protocol: does a localiser light what it *hears*?
+(docs/decisions.md, "The audio-grounded protocol")
 
 DSOL's CIoU (pipeline.metrics.class_aware_iou) hands the metric the true sounding classes and thresholds each of
 their maps relative to its own max, so a map always predicts a region and a model that ignores the audio scores

@@ -1,6 +1,6 @@
 """Localisation metrics: IoU, success rate and AUC, and the class-aware CIoU and NSA of DSOL's evaluation.
 
-DESIGN.md section 7. Pure numpy. Maps are bilinearly resized to 224 x 224 and thresholded relative to
+docs/architecture.md. Pure numpy. Maps are bilinearly resized to 224 x 224 and thresholded relative to
 their max; ground truth is the union of normalised boxes as a pixel mask.
 
 The class-aware part follows DSOL's evaluation code (Hu et al., NeurIPS 2020, GitHub
@@ -18,13 +18,12 @@ DTaoo/Discriminative-Sounding-Objects-Localization), read for this module:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Union
 
 import numpy as np
 
 # A box: {"x0":..., "y0":..., "x1":..., "y1":...} (other keys such as "class" ignored) or (x0, y0, x1, y1),
 # coordinates normalised to [0, 1] of the image width (x) and height (y).
-Box = Union[Mapping[str, float], Sequence[float]]
+Box = Mapping[str, float] | Sequence[float]
 
 AUC_THRESHOLDS = np.arange(21) / 20  # 0, 0.05, ..., 1.0; exact multiples, unlike 0.05 * i (0.05 * 6 > 0.3)
 EVAL_SIZE = 224  # maps and masks are compared at 224 x 224 (DSOL)

@@ -8,7 +8,7 @@ the datasets' videos), a ResNet-18 trunk of `model.width` trained on them with g
 linear classifier (torchvision's ImageNet recipe), and the trunk's state dict saved under torchvision's names,
 which `model.visual_pretrained` loads (pipeline.models.nets.load_pretrained). Like ImageNet, whose 1,000
 classes include most MUSIC instruments and many VGGSound sources, the label set covers every glyph class of
-the toy world, not only one dataset's. docs/decisions.md, "Toy ImageNet", has the measurements.
+the toy world, not only one dataset's. docs/decisions.md, "Toy ImageNet", says why.
 
 Outputs: the trunk's state dict (`visual.pt`) and a report of the held-out accuracy per class.
 """
@@ -22,14 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from pipeline.config import Model, Pretrain
+from pipeline.models.inputs import prepare_images
 from pipeline.models.nets import visual_trunk
+from pipeline.progress import progress
+from pipeline.runtime import autocast, make_deterministic, make_optimizer, pick_device, save_torch
 from pipeline.sources import toy_glyphs
 from pipeline.stage import StageError
-from pipeline.train.stage1 import (autocast, make_deterministic, make_optimizer, pick_device, prepare_images,
-                                   save_torch)
 
 
 def pretrain_classes(pretrain_params: Pretrain) -> list[str]:
@@ -106,7 +106,7 @@ def run_pretrain(weights_path: Path, report_path: Path, run_path: Path, model_pa
     started = time.perf_counter()
     if pretrain_params.device == "cuda" and not torch.cuda.is_available():
         raise StageError("pretrain.device: cuda asked but torch sees no CUDA device")
-    device = pick_device(pretrain_params.device)
+    device = pick_device(pretrain_params.device, "pretrain.device")
     make_deterministic(device)
     classes = pretrain_classes(pretrain_params)
     stills = len(classes) * pretrain_params.images_per_class
@@ -134,7 +134,7 @@ def run_pretrain(weights_path: Path, report_path: Path, run_path: Path, model_pa
         model.train()
         order = torch.from_numpy(order_rng.permutation(len(train_labels)))
         total = 0.0
-        for step in tqdm(range(steps), desc=f"pretrain epoch {epoch + 1}/{pretrain_params.epochs}", leave=False):
+        for step in progress(range(steps), desc=f"pretrain epoch {epoch + 1}/{pretrain_params.epochs}", leave=False):
             rows = order[step * batch_size:(step + 1) * batch_size]
             flip = order_rng.random(len(rows)) < 0.5 if pretrain_params.flip else None
             images = prepare_images(train_images[rows], size, device, model_params.channels_last, flip)

@@ -38,8 +38,8 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +48,7 @@ import torch
 import torch.distributed
 import torch.utils.data
 
-from pipeline.features import array_layout, array_values
+from pipeline.arrays import array_layout, array_values
 from pipeline.shards import shard_paths
 
 IMAGE = "image"  # frame `frame`, decoded: from `pixels`, the `frames` JPEGs, or a synth `image` JPEG
@@ -194,7 +194,7 @@ class ShardReader(torch.utils.data.IterableDataset):
         if carry and not self.drop_last:
             yield self._batch([carry], np.zeros(carry.rows, dtype=np.int64), np.arange(carry.rows))
 
-    def _load(self, unit: int, files: dict[int, pq.ParquetFile]) -> "_Unit":
+    def _load(self, unit: int, files: dict[int, pq.ParquetFile]) -> _Unit:
         if unit in self._cache:
             return self._cache[unit]
         shard, group, first_row, rows = self.units[unit]
@@ -207,7 +207,7 @@ class ShardReader(torch.utils.data.IterableDataset):
             self._cached_bytes += loaded.table.nbytes
         return loaded
 
-    def _window_batches(self, window: list["_Unit"], rng: np.random.Generator):
+    def _window_batches(self, window: list[_Unit], rng: np.random.Generator):
         """Yield the full batches of the window's rows (shuffled when asked); return the rest as a unit."""
         starts = np.cumsum([0] + [unit.rows for unit in window])
         order = rng.permutation(starts[-1]) if self.shuffle else np.arange(starts[-1])
@@ -226,12 +226,12 @@ class ShardReader(torch.utils.data.IterableDataset):
 
     # ------------------------------------------------------------------ one batch
 
-    def _batch(self, window: list["_Unit"], which: np.ndarray, local: np.ndarray) -> dict:
+    def _batch(self, window: list[_Unit], which: np.ndarray, local: np.ndarray) -> dict:
         """The batch of rows `local[i]` of units `window[which[i]]`, transformed."""
         batch = self._columns_of(window, which, local)
         return self.transform(batch) if self.transform else batch
 
-    def _columns_of(self, window: list["_Unit"], which: np.ndarray, local: np.ndarray) -> dict:
+    def _columns_of(self, window: list[_Unit], which: np.ndarray, local: np.ndarray) -> dict:
         batch = {}
         for column in self.columns:
             source = self.image_source if column == IMAGE else column
@@ -246,7 +246,7 @@ class ShardReader(torch.utils.data.IterableDataset):
                 batch[column] = _gather_objects([unit.table.column(source) for unit in window], which, local)
         return batch
 
-    def _decode_images(self, window: list["_Unit"], which: np.ndarray, local: np.ndarray) -> torch.Tensor:
+    def _decode_images(self, window: list[_Unit], which: np.ndarray, local: np.ndarray) -> torch.Tensor:
         # imported here: torchvision costs every process ~1 s to import, and stored pixels need no decoding
         from torchvision.io import ImageReadMode, decode_jpeg
 

@@ -6,7 +6,7 @@
 - `metrics.json`: IEr's and the baselines' localisation metrics under DSOL's protocol and under the
   audio-grounded protocol (with its deranged-audio and silence controls), the same scored against the
   detector's boxes where present, stage 1's NMI and audio multi-label scores and the detector's mAP50
-  (DESIGN.md section 7);
+  (docs/architecture.md);
 - `examples.npz` and `examples.json`: a few evaluation images with IEr's class-aware map of every class,
   their objects and the model's perceived audio distribution, and (newer files) IEr's own "where is the
   sound" map under the true audio, deranged audio and digital silence, with the objects it lit;

@@ -18,13 +18,12 @@ features, read from `data/features/<ds>/summary.json`.
 """
 from __future__ import annotations
 
-import io
-import json
 import dataclasses
+import io
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -32,10 +31,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from tqdm import tqdm
 
+from pipeline.arrays import array_column, array_field, array_layout, array_values, parquet_options
+from pipeline.audio import LogMel, logmel_shape_of, read_logmel_settings
 from pipeline.config import MixSet, Synth
-from pipeline.features import LogMel, array_column, array_field, array_layout, array_values, parquet_options
+from pipeline.progress import progress
 from pipeline.shards import ShardWriter, atomic_dir, shard_paths, write_json
 from pipeline.stage import StageError
 
@@ -149,13 +149,6 @@ def mix_waveforms(member_waveforms: np.ndarray, gains_db: np.ndarray) -> tuple[n
     return mixture, gains
 
 
-def logmel_shape_of(logmel: LogMel, samples: int) -> tuple[int, int]:
-    """(n_mels, n_frames) that `logmel` gives for a clip of `samples`, measured on silence."""
-    with torch.no_grad():
-        n_mels, n_frames = logmel(torch.zeros(1, samples)).shape[1:]
-    return int(n_mels), int(n_frames)
-
-
 # --------------------------------------------------------------------------- input
 
 
@@ -232,22 +225,6 @@ def read_split(split_dir: str | Path, with_logmel: bool = False) -> ClipPool | N
         pool.logmel_shape = layouts["logmel"][1]
         pool.logmels = array_values(table.column("logmel"), *layouts["logmel"])
     return pool
-
-
-def read_logmel_settings(features_dir: str | Path) -> dict:
-    """The `LogMel` kwargs the features were computed with (`summary.json`, key `logmel`)."""
-    path = Path(features_dir) / "summary.json"
-    try:
-        settings = json.loads(path.read_text())["logmel"]
-    except FileNotFoundError:
-        raise StageError(f"{path}: not found (run the features stage first)") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise StageError(f"{path}: no key `logmel` with the LogMel settings") from None
-    try:
-        LogMel(**settings)
-    except TypeError as err:
-        raise StageError(f"{path}: logmel: {err}") from None
-    return settings
 
 
 # --------------------------------------------------------------------------- mosaic sets
@@ -424,7 +401,7 @@ def _write_set(batches: Iterator[pa.Table], folder: Path, total: int, synth: Syn
     counts = {"samples": 0, "tiles": 0, "objects": 0, "sounding_objects": 0, "shards": 0}
     schema = None
     writer = None
-    with tqdm(total=total, desc=f"synth {name}", unit="sample") as progress:
+    with progress(total=total, desc=f"synth {name}", unit="sample") as bar:
         for table in batches:
             if writer is None:
                 schema = table.schema
@@ -437,7 +414,7 @@ def _write_set(batches: Iterator[pa.Table], folder: Path, total: int, synth: Syn
             counts["tiles"] += int(pc.sum(pc.list_value_length(table.column("tiles"))).as_py() or 0)
             counts["objects"] += len(objects)
             counts["sounding_objects"] += int(pc.sum(objects.field("sounding")).as_py() or 0)
-            progress.update(table.num_rows)
+            bar.update(table.num_rows)
     if writer is None:
         folder.mkdir(parents=True, exist_ok=True)
     else:

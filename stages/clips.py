@@ -1,15 +1,14 @@
 """clips stage: cut every downloaded video into clips of audio and frames (docs/data.md "clips")."""
 from __future__ import annotations
 
-from pathlib import Path
-
+from pipeline import paths
 from pipeline.clips import run_clips
 from pipeline.config import Params
 from pipeline.stage import run_stage
 
 
 def body(params: Params, dataset: str) -> None:
-    run_clips(Path("data/raw") / dataset, Path("data/clips") / dataset, params.clips)
+    run_clips(paths.raw(dataset), paths.clips(dataset), params.clips)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """detect stage: boxes on the evaluation frames (`python -m stages.detect <dataset>`)."""
+from pipeline import paths
 from pipeline.config import Params
 from pipeline.detect import run_detect
 from pipeline.stage import run_stage
 
 
 def body(params: Params, dataset: str) -> None:
+    written = paths.detect(dataset)
     report = run_detect(
-        features_dir=f"data/features/{dataset}",
-        boxes_path=f"data/boxes/{dataset}.parquet",
-        weights_path=f"models/{dataset}/detector.pt",
-        report_path=f"reports/{dataset}/detector.json",
-        run_path=f"reports/{dataset}/detector-run.json",
+        features_dir=paths.features(dataset),
+        boxes_path=written.boxes,
+        weights_path=written.weights,
+        report_path=written.report,
+        run_path=written.run,
         params=params.detect,
         source=params.datasets[dataset].source,
         seed=params.data_seed,

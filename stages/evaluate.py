@@ -1,27 +1,20 @@
-"""Stage evaluate: IEr and the AVOL baseline on one dataset, thresholds chosen on val, scored on test (DESIGN 7).
+"""Stage evaluate: IEr and the AVOL baseline on one dataset, thresholds chosen on val, scored on test.
 
 python -m stages.evaluate <dataset>  ->  reports/<dataset>/metrics.json, samples.csv, success.csv,
                                         examples.npz + examples.json (the report's figures)
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+from pipeline import paths
 from pipeline.config import Params
-from pipeline.evaluate import EvaluatePaths, run_evaluate
+from pipeline.evaluate import run_evaluate
 from pipeline.stage import run_stage
 
 
 def body(params: Params, dataset: str) -> None:
-    models, reports = Path("models") / dataset, Path("reports") / dataset
-    paths = EvaluatePaths(stage1_model=models / "stage1.pt", stage2_model=models / "stage2.pt",
-                          stage1_report=reports / "stage1.json", detector_report=reports / "detector.json",
-                          boxes=Path("data/boxes") / f"{dataset}.parquet", metrics=reports / "metrics.json",
-                          samples=reports / "samples.csv", success=reports / "success.csv",
-                          examples=reports / "examples.npz")
     source = params.datasets[dataset]
     # the deranged-audio pairing is part of the protocol: drawn from data_seed, the same for every training seed
-    metrics = run_evaluate(Path("data/features") / dataset, Path("data/synth") / dataset, paths, params.model,
+    metrics = run_evaluate(paths.features(dataset), paths.synth(dataset), paths.evaluate(dataset), params.model,
                            params.evaluate, source.source, source.youtube.reference_boxes, params.data_seed)
     sets = [name for name in ("single", "syn", "un", "duet") if name in metrics]
     avol = metrics["baselines"]["avol"]

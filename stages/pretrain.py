@@ -10,15 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
+from pipeline import paths
 from pipeline.config import ConfigError, load_params
 from pipeline.pretrain import run_pretrain
 from pipeline.stage import StageError
-
-WEIGHTS = Path("models/pretrain/visual.pt")
-REPORT = Path("reports/pretrain.json")
-RUN_FACTS = Path("reports/pretrain-run.json")  # wall times: not a metric
 
 
 def main() -> None:
@@ -28,7 +24,8 @@ def main() -> None:
     start = time.perf_counter()
     try:
         params = load_params(args.params)
-        report = run_pretrain(WEIGHTS, REPORT, RUN_FACTS, params.model, params.pretrain, params.data_seed)
+        report = run_pretrain(paths.PRETRAIN.weights, paths.PRETRAIN.report, paths.PRETRAIN.run, params.model,
+                              params.pretrain, params.data_seed)
     except (ConfigError, StageError) as err:
         print(f"pretrain: error: {err}", file=sys.stderr)
         sys.exit(2)

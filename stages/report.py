@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
+from pipeline import paths
 from pipeline.report import build_report
 from pipeline.stage import StageError
 
-# The page reads every dataset role's reports and no params, so it takes no arguments; dvc.yaml names these paths.
-REPORTS_DIR = Path("reports")
-PAGE = REPORTS_DIR / "index.html"
+# The page reads every dataset role's reports and no params, so it takes no arguments.
+PAGE = paths.REPORT_PAGE
 
 
 def main() -> None:
     start = time.perf_counter()
     try:
-        build_report(REPORTS_DIR, PAGE)
+        build_report(paths.REPORTS, PAGE)
     except StageError as err:
         print(f"report: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -6,18 +6,15 @@ python -m stages.stage1 <dataset>  ->  models/<dataset>/stage1.pt, reports/<data
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+from pipeline import paths
 from pipeline.config import Params
 from pipeline.stage import run_stage
-from pipeline.train.stage1 import Stage1Paths, run_stage1
+from pipeline.train.stage1 import run_stage1
 
 
 def body(params: Params, dataset: str) -> None:
-    paths = Stage1Paths(model=Path("models") / dataset / "stage1.pt", report=Path("reports") / dataset / "stage1.json",
-                        checkpoints=Path("models") / dataset / "stage1-checkpoints",
-                        live=Path("reports") / dataset / "stage1-live")
-    report = run_stage1(Path("data/features") / dataset, paths, params.model, params.stage1, params.aii, params.seed)
+    report = run_stage1(paths.features(dataset), paths.stage1(dataset), params.model, params.stage1, params.aii,
+                        params.seed)
     if not report:  # a torchrun process other than rank 0
         return
     print(f"stage1@{dataset}: {report['train_clips']} training clips, {report['clusters']} clusters "

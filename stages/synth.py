@@ -4,15 +4,14 @@ python -m stages.synth <dataset>   ->  data/synth/<dataset>/{syn,un,train,duet,v
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+from pipeline import paths
 from pipeline.config import Params
 from pipeline.stage import run_stage
 from pipeline.synth import run_synth
 
 
 def body(params: Params, dataset: str) -> None:
-    summary = run_synth(Path("data/features") / dataset, Path("data/synth") / dataset, params.synth, params.data_seed)
+    summary = run_synth(paths.features(dataset), paths.synth(dataset), params.synth, params.data_seed)
     for name, info in summary["sets"].items():
         if info.get("skipped"):
             print(f"synth@{dataset}: {name}: skipped ({info['skipped']})")

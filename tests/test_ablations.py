@@ -1,18 +1,21 @@
-"""pipeline/ablations.py: reading `dvc exp show --json`, the Markdown tables, the checks before anything runs;
-slow: the DVC queue on a one-stage pipeline, and the command on the tiny pipeline under real DVC."""
+"""pipeline/ablations.py: the presets (presets/*.yaml) and their `-S` arguments, reading `dvc exp show --json`, the
+Markdown tables, the checks before anything runs; slow: the DVC queue on a one-stage pipeline, and the command on
+the tiny pipeline under real DVC."""
 from __future__ import annotations
 
 import json
 import sys
 
-import pytest
-
 import pandas as pd
+import pytest
+import yaml
 
-from pipeline.ablations import (ABLATIONS, COMPONENTS, MISSING, Ablation, AblationError, Run, ablations_markdown,
-                                check_committed, check_overrides, exp_show, paired, parse_exp_show, run_experiments,
-                                select, unrunnable)
-from tests.conftest import DVC, REPO, dvc_environment, load_repo_params, run, run_with_uncommitted_params
+from pipeline.ablations import (ABLATIONS, COMPONENTS, LEVELS, MISSING, VARIANTS, Ablation, AblationError, Run,
+                                ablations_markdown, check_committed, check_overrides, exp_show, load_presets, paired,
+                                parse_exp_show, render, run_experiments, select, unrunnable)
+from tests.helpers import REPO
+from tests.helpers.params import load_repo_params
+from tests.helpers.processes import DVC, dvc_environment, run, run_with_uncommitted_params
 
 HEAD_PARAMS = {"synth": {"un": {"sounding": 2, "silent": 2, "offscreen": 1}}}
 
@@ -57,6 +60,112 @@ def row_of(table: list[dict[str, str]], first_cell: str) -> dict[str, str]:
     matches = [row for row in table if next(iter(row.values())) == first_cell]
     assert len(matches) == 1, (first_cell, table)
     return matches[0]
+
+
+# --------------------------------------------------------------------------- the presets
+
+PRESETS, PARAMS = REPO / "presets", REPO / "params.yaml"
+
+
+def test_every_preset_of_the_repo_loads_against_its_params():
+    """presets/*.yaml, checked against params.yaml (through DVC and pipeline.config): the paper's ablations as the
+    hard-coded registry had them, and the from-scratch variant."""
+    loaded = load_presets(PRESETS, PARAMS)
+    assert loaded == ABLATIONS  # the module's registry is the same files
+    assert {ablation.name: (ablation.label, ablation.overrides, ablation.table, ablation.classes_needed)
+            for ablation in loaded} == {
+        "no-aii": ("w/o AII", ("aii.enabled=false",), COMPONENTS, 0),
+        "no-cmr": ("w/o CMR (stage-1 networks)", ("cmr.epochs=0",), COMPONENTS, 0),
+        "no-silent-filter": ("w/o silent object filter", ("cmr.silent_filter=false",), COMPONENTS, 0),
+        "no-offscreen-filter": ("w/o off-screen noise filter", ("cmr.offscreen_filter=false",), COMPONENTS, 0),
+        "un-3-3-2": ("(3, 3, 2)", ("synth.un.sounding=3", "synth.un.silent=3", "synth.un.offscreen=2"), LEVELS, 8),
+        "un-4-4-3": ("(4, 4, 3)", ("synth.un.sounding=4", "synth.un.silent=4", "synth.un.offscreen=3"), LEVELS, 11),
+        "from-scratch": ("from scratch (no pretrained visual trunk)",
+                         ("model.visual_pretrained=''", "stage1.av_epochs=30", "stage1.class_epochs=20",
+                          "aii.epochs=10", "aii.sibling_cos=0.9"), VARIANTS, 0)}
+    assert [ablation.name for ablation in loaded] == sorted(ablation.name for ablation in loaded)  # file-name order
+    for path in sorted(PRESETS.glob("*.yaml")):  # every line says why: the file's head, and each override
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith("# "), path
+        overrides = lines[[line.rstrip() for line in lines].index("overrides:") + 1:]
+        assert overrides and all(" # " in line for line in overrides), path
+
+
+def test_from_scratch_reaches_the_stages_as_its_file_says(tmp_path):
+    """Its `-S` arguments, applied by DVC's own code (what `dvc exp run --queue -S` does to params.yaml), give the
+    preset's YAML values, the empty string included; params.yaml's validation accepts the result."""
+    from dvc.utils.hydra import apply_overrides
+
+    from pipeline.config import load_params
+
+    [scratch] = [ablation for ablation in load_presets(PRESETS, PARAMS) if ablation.name == "from-scratch"]
+    assert scratch.overrides == ("model.visual_pretrained=''", "stage1.av_epochs=30", "stage1.class_epochs=20",
+                                 "aii.epochs=10", "aii.sibling_cos=0.9")
+    (tmp_path / "params.yaml").write_bytes(PARAMS.read_bytes())
+    apply_overrides(tmp_path / "params.yaml", list(scratch.overrides))
+    params = load_params(tmp_path / "params.yaml")
+    assert (params.model.visual_pretrained, params.stage1.av_epochs, params.stage1.class_epochs, params.aii.epochs,
+            params.aii.sibling_cos) == ("", 30, 20, 10, 0.9)
+    assert params.model.audio_pretrained == "" and params.aii.enabled is True  # the rest as params.yaml has it
+
+
+def test_render_round_trips_through_dvcs_parser(tmp_path):
+    """Values that DVC's Hydra grammar would read as another type, a sweep or an escape, once rendered."""
+    from dvc.utils.hydra import apply_overrides
+
+    values = {"empty": "", "quote": "it's", "backslash": "a\\b", "trailing": "a\\", "both": "x'y\\'",
+              "comma": "a,b", "word_true": "true", "word_null": "null", "digits": "10", "plus": "k-means++",
+              "path": "models/pretrain/visual.pt", "enabled": True, "disabled": False, "count": 30, "zero": 0,
+              "share": 0.9, "whole": 10.0, "small": 0.0001, "pair": [0.22, 0.6], "names": ["dog", "it's", "a,b"],
+              "none": []}
+    assert [render(values[key]) for key in ("empty", "quote", "enabled", "count", "share", "whole", "pair")] == [
+        "''", "'it\\'s'", "true", "30", "0.9", "10.0", "[0.22,0.6]"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({key: "placeholder" for key in values}))
+    apply_overrides(tmp_path / "params.yaml", [f"{key}={render(value)}" for key, value in values.items()])
+    read = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert {key: (type(value), value) for key, value in read.items()} == {
+        key: (type(value), value) for key, value in values.items()}
+
+
+GOOD = "label: x  # why\ntable: variants  # why\noverrides:\n  aii.enabled: false  # why\n"
+
+
+@pytest.mark.parametrize("text, error", [
+    (GOOD + "reason: y\n", "reason: unknown key (have label, table, overrides)"),
+    ("table: variants\noverrides:\n  aii.enabled: false\n", "label: missing"),
+    ("label: x\ntable: variants\n", "overrides: missing"),
+    (GOOD.replace("table: variants", "table: paper"),
+     "table: must be one of components | levels | variants, got 'paper'"),
+    (GOOD.replace("aii.enabled", "aii.enable"), "overrides.aii.enable: not a key of {params}"),
+    (GOOD.replace("aii.enabled: false", "aii: {enabled: false}"),
+     "overrides.aii: a section of {params}, not one value: name its keys"),
+    (GOOD.replace("aii.enabled: false", "aii.enabled: 0"),
+     "overrides.aii.enabled: must be true or false, got 0 ({params} with the overrides applied)"),
+    (GOOD.replace("aii.enabled: false", "stage1.av_epochs: '30'"),
+     "overrides.stage1.av_epochs: must be an integer, got '30' ({params} with the overrides applied)"),
+    (GOOD.replace("aii.enabled: false", "model.visual_pretrained: 0"),
+     "overrides.model.visual_pretrained: must be a string, got 0 ({params} with the overrides applied)"),
+    # DVC writes a float below 1e-4 as `1e-06`, which PyYAML (YAML 1.1) reads as a string: caught here, not in a stage
+    (GOOD.replace("aii.enabled: false", "cmr.lr: 0.000001"),
+     "overrides.cmr.lr: DVC writes 1e-06 so that params.yaml reads back '1e-06': not passable as `dvc exp run -S`"),
+])
+def test_a_bad_preset_fails_in_one_line_naming_the_file_and_key(tmp_path, monkeypatch, text, error):
+    monkeypatch.chdir(REPO)  # files are named relative to the working directory where they lie under it
+    (tmp_path / "a-good.yaml").write_text(GOOD)
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(AblationError) as raised:
+        load_presets(tmp_path, PARAMS)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message == f"{tmp_path / 'bad.yaml'}: " + error.format(params="params.yaml"), message
+
+
+def test_a_preset_folder_without_presets_or_with_bad_params_fails_in_one_line(tmp_path):
+    with pytest.raises(AblationError, match=r"no presets \(\*\.yaml\)$"):
+        load_presets(tmp_path, PARAMS)
+    (tmp_path / "params.yaml").write_text(PARAMS.read_text().replace("seed: 0", "seed: zero", 1))
+    with pytest.raises(AblationError, match=r"params.yaml: seed: must be an integer, got 'zero'$"):
+        load_presets(PRESETS, tmp_path / "params.yaml")
 
 
 # --------------------------------------------------------------------------- pairing with full IEr
@@ -160,10 +269,37 @@ def test_level_table_has_ier_and_avol_per_dataset_and_says_why_a_level_did_not_r
 def test_markdown_names_the_commit_and_every_override():
     markdown = ablations_markdown(make_run("main", 0.0), {})
     assert "`main000" in markdown and "(main)" in markdown
-    overrides = {row["experiment"].strip("`"): row["overrides (`-S`)"] for row in tables(markdown)[""]}
+    rows = {row["experiment"].strip("`"): row for row in tables(markdown)[""]}
+    overrides = {name: row["overrides (`-S`)"] for name, row in rows.items()}
     assert overrides["no-aii"] == "`aii.enabled=false`"
     assert overrides["un-4-4-3"] == "`synth.un.sounding=4` `synth.un.silent=4` `synth.un.offscreen=3`"
+    assert overrides["from-scratch"].startswith("`model.visual_pretrained=''` `stage1.av_epochs=30`")
     assert set(overrides) == {ablation.name for ablation in ABLATIONS}
+    assert (rows["no-cmr"]["paper"], rows["un-3-3-2"]["paper"], rows["from-scratch"]["paper"]) == (
+        "Tables 3, 4, 7", "Table 9", "named variant")
+
+
+def test_named_variants_have_their_own_table_per_dataset_and_are_paired():
+    baseline, scratch = make_run("main", 0.1), make_run("from-scratch", 0.2)
+    samples = {baseline.rev: samples_of([0.5, 0.5], [0.7, 0.7]), scratch.rev: samples_of([0.1, 0.5], [0.8, 0.8])}
+    found = tables(ablations_markdown(baseline, {"from-scratch": scratch, "no-aii": make_run("no-aii", 0.3)},
+                                      samples=lambda rev, dataset: samples.get(rev) if dataset == "music" else None))
+    music, vggsound = found["Named variants: music"], found["Named variants: vggsound"]
+    assert [row["variant"] for row in music] == ["IEr (full)", "from scratch (no pretrained visual trunk)"]
+    variant = row_of(music, "from scratch (no pretrained visual trunk)")
+    assert (variant["experiment"], variant["Synthetic CIoU@0.3"], variant["Stage 1 NMI"]) == (
+        "`from-scratch`", "21.0", "27.0")  # the same columns as Tables 3, 4 and 7
+    assert row_of(vggsound, "from scratch (no pretrained visual trunk)")["Unconstrained AUC"] == "75.0"
+    assert "from scratch (no pretrained visual trunk)" not in {
+        row["variant"] for row in found["Tables 3, 4 and 7: music"]}  # not a row of the paper's tables
+    pairs = found["Each variant against full IEr, mosaic by mosaic"]
+    [pair] = [row for row in pairs if row["variant"] == "from scratch (no pretrained visual trunk)"]
+    assert (pair["dataset"], pair["CIoU@0.3 only with IEr"]) == ("music", "1")
+    # Without a variant, no such section; an experiment of it not run yet prints as not run.
+    paper = tuple(ablation for ablation in ABLATIONS if ablation.table != VARIANTS)
+    assert "Named variants" not in ablations_markdown(baseline, {}, ablations=paper)
+    assert row_of(tables(ablations_markdown(baseline, {}))["Named variants: music"],
+                  "from scratch (no pretrained visual trunk)")["experiment"] == "`from-scratch` (not run)"
 
 
 # --------------------------------------------------------------------------- reading `dvc exp show --json`
@@ -207,9 +343,13 @@ def test_parse_exp_show_reads_head_and_each_experiments_state():
 
 def test_select_and_overrides_name_what_is_wrong():
     assert [ablation.name for ablation in select("no-cmr, un-3-3-2")] == ["no-cmr", "un-3-3-2"]
-    assert select(None) == list(ABLATIONS)
-    with pytest.raises(AblationError, match="unknown ablation no-such"):
+    # Without names: the paper's ablations (Tables 3, 4, 7, 9); a named variant runs only when named.
+    assert select(None) == [ablation for ablation in ABLATIONS if ablation.table in (COMPONENTS, LEVELS)]
+    assert len(select(None)) == 6 and [ablation.name for ablation in select("from-scratch")] == ["from-scratch"]
+    with pytest.raises(AblationError, match="unknown ablation no-such") as raised:
         select("no-cmr,no-such")
+    assert str(raised.value) == ("--only: unknown ablation no-such (have from-scratch, no-aii, no-cmr, "
+                                 "no-offscreen-filter, no-silent-filter, un-3-3-2, un-4-4-3: presets/NAME.yaml)")
     params = load_repo_params()
     check_overrides(list(ABLATIONS), params)  # every override of the real list names a real key
     del params["cmr"]["silent_filter"]
@@ -301,13 +441,23 @@ def test_ablation_command_on_the_tiny_pipeline(tiny_repo):
     assert "up to date" in run(DVC + ["status"], tiny_repo, env)  # ... through DVC: dvc.lock knows the new page
 
 
-def test_ablation_command_fails_in_one_line_on_uncommitted_params(tmp_path):
+@pytest.mark.parametrize("only", ["no-cmr", "from-scratch"])  # `make variant NAME=from-scratch`: the same path
+def test_ablation_command_fails_in_one_line_on_uncommitted_params(tmp_path, only):
     done = run_with_uncommitted_params(tmp_path, (REPO / "params.yaml").read_text(),
-                                       [sys.executable, "-m", "pipeline.ablations", "--only", "no-cmr"])
+                                       [sys.executable, "-m", "pipeline.ablations", "--only", only])
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "ablations: error: uncommitted changes in params.yaml: commit them first, so that the experiments and the "
         "full IEr row (HEAD) share one baseline"]
+
+
+def test_ablation_command_names_the_known_presets_for_an_unknown_one(tmp_path):
+    done = run_with_uncommitted_params(tmp_path, (REPO / "params.yaml").read_text(),
+                                       [sys.executable, "-m", "pipeline.ablations", "--only", "from-scratc"])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "ablations: error: --only: unknown ablation from-scratc (have from-scratch, no-aii, no-cmr, "
+        "no-offscreen-filter, no-silent-filter, un-3-3-2, un-4-4-3: presets/NAME.yaml)"]
 
 
 # --------------------------------------------------------------------------- the DVC queue, on a one-stage pipeline

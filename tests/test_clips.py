@@ -11,11 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.clips import clip_schema, cut_video, objects_per_frame, run_clips
+from pipeline.arrays import clip_schema
+from pipeline.clips import cut_video, objects_per_frame, run_clips
 from pipeline.config import load_params
 from pipeline.media import decode_jpeg
 from pipeline.stage import StageError
-from tests.conftest import REPO, replace
+from tests.helpers import REPO
+from tests.helpers.params import replace
 from tests.test_media import LEVEL_STEP, grey_level, make_video
 
 RENDER_FPS = 10  # make_video's frame rate, the toy truth's `frame / fps`

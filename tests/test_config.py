@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_params
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def write(tmp_path, data):
@@ -45,8 +45,10 @@ def test_test_and_val_videos_may_leave_exactly_two_training_videos(tmp_path, rep
         (lambda p: p["clips"].update(frame_size="big"), "clips.frame_size: must be an integer"),
         (lambda p: p["clips"].update(frame_size=8), "clips.frame_size: must be >= 16, got 8"),
         (lambda p: p["features"].pop("n_mels"), "features.n_mels: missing"),
-        (lambda p: p["datasets"]["music"].update(source="vimeo"), "datasets.music.source: must be one of toy | youtube"),
-        (lambda p: p["datasets"]["vggsound"]["toy"].update(object_scale=[0.5, 0.2]), "datasets.vggsound.toy.object_scale: must be [min, max]"),
+        (lambda p: p["datasets"]["music"].update(source="vimeo"),
+         "datasets.music.source: must be one of toy | youtube"),
+        (lambda p: p["datasets"]["vggsound"]["toy"].update(object_scale=[0.5, 0.2]),
+         "datasets.vggsound.toy.object_scale: must be [min, max]"),
         (lambda p: p["synth"]["un"].update(sounding=0), "synth.un.sounding: must be >= 1, got 0"),
         (lambda p: p["download"].update(sleep_s=True), "download.sleep_s: must be a number"),
         # the validation split's keys (issue 21)

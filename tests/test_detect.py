@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -41,19 +40,14 @@ from pipeline.detect import (
     yolo_label_lines,
 )
 from pipeline.stage import StageError
+from tests.helpers import REPO
+from tests.helpers.features import write_feature_split
 
-REPO = Path(__file__).resolve().parents[1]
 FRAME_SIZE = 64
 # class -> (fill colour, shape): distinct enough for a detector to start learning in a few epochs
-SHAPES = {"guitar": ((40, 170, 40), "rectangle"), "person": ((40, 60, 230), "triangle"), "violin": ((220, 40, 40), "ellipse")}
-OBJECT = pa.struct(
-    [("class", pa.string()), ("x0", pa.float32()), ("y0", pa.float32()), ("x1", pa.float32()),
-     ("y1", pa.float32()), ("sounding", pa.bool_())]
-)
-FEATURES_SCHEMA = pa.schema(
-    [("clip_id", pa.string()), ("video_id", pa.string()), ("labels", pa.list_(pa.string())), ("kind", pa.string()),
-     ("frames", pa.list_(pa.binary())), ("objects", pa.list_(pa.list_(OBJECT)))]
-)
+SHAPES = {"guitar": ((40, 170, 40), "rectangle"), "person": ((40, 60, 230), "triangle"),
+          "violin": ((220, 40, 40), "ellipse")}
+SILENCE_SAMPLES = 1600  # the clips' waveforms: 0.1 s of silence (detect reads frames only)
 
 
 # --------------------------------------------------------------------------- network guard
@@ -127,20 +121,19 @@ def draw_frame(rng: np.random.Generator, classes: list[str]) -> tuple[bytes, lis
 
 
 def write_features(root: Path, clips_per_split: dict[str, int], seed: int = 0, with_objects: bool = True) -> None:
-    """Feature shards of `root/<split>/shard-00000.parquet` (the columns detect reads)."""
+    """Feature shards of `root/<split>/shard-00000.parquet`: frame 0 drawn with its objects (what detect reads),
+    silent waveforms."""
     rng = np.random.default_rng(seed)
     for split, count in clips_per_split.items():
-        rows = []
+        clips = []
         for i in range(count):
             sounding = ("guitar", "violin")[i % 2]
             kind = "duet" if split.startswith("duet") else "solo"
             shown = [sounding, "person"] if i % 3 == 0 else [sounding]
             jpeg, objects = draw_frame(rng, shown)
-            rows.append({"clip_id": f"{split}{i:03d}_0000", "video_id": f"{split}{i:03d}", "labels": [sounding],
-                         "kind": kind, "frames": [jpeg], "objects": [objects if with_objects else []]})
-        folder = root / split
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=FEATURES_SCHEMA), folder / "shard-00000.parquet")
+            clips.append({"clip_id": f"{split}{i:03d}_0000", "video_id": f"{split}{i:03d}", "labels": [sounding],
+                          "kind": kind, "frame": jpeg, "objects": objects if with_objects else []})
+        write_feature_split(root / split, clips, samples=SILENCE_SAMPLES)
 
 
 def params_file(tmp_path: Path, **detect) -> Path:
@@ -152,7 +145,8 @@ def params_file(tmp_path: Path, **detect) -> Path:
     return path
 
 
-TINY = {"model": str(REPO / "pipeline/yolo-toy.yaml"), "image_size": 64, "epochs": 2, "batch": 8, "max_train_images": 1000}
+TINY = {"model": str(REPO / "pipeline/yolo-toy.yaml"), "image_size": 64, "epochs": 2, "batch": 8,
+        "max_train_images": 1000}
 
 
 @pytest.fixture(scope="module")
@@ -246,11 +240,12 @@ def test_subsample_is_seeded_and_keeps_truth_with_its_frames(tmp_path):
 
 
 def boxes(rows, score=False):
-    columns = ["clip_id", "class", "score", "x0", "y0", "x1", "y1"] if score else ["clip_id", "class", "x0", "y0", "x1", "y1"]
+    columns = ["clip_id", "class", *(["score"] if score else []), "x0", "y0", "x1", "y1"]
     return pd.DataFrame(rows, columns=columns)
 
 
-TRUTH = boxes([["a", "violin", 0.1, 0.1, 0.5, 0.5], ["b", "violin", 0.5, 0.5, 0.9, 0.9], ["b", "guitar", 0.0, 0.0, 0.3, 0.3]])
+TRUTH = boxes([["a", "violin", 0.1, 0.1, 0.5, 0.5], ["b", "violin", 0.5, 0.5, 0.9, 0.9],
+               ["b", "guitar", 0.0, 0.0, 0.3, 0.3]])
 
 
 def test_map50_perfect_predictions_give_one():

@@ -12,7 +12,8 @@ import yaml
 
 from pipeline.diagnose import TERMS, diagnose
 from pipeline.diagnose_stage1 import diagnose_stage1, linear_probe
-from tests.conftest import REPO, stage_environment
+from tests.helpers import REPO
+from tests.helpers.processes import stage_environment
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ from pipeline.download import (
 from pipeline.sources.music import read_music_index
 from pipeline.sources.vggsound import read_vggsound_csv
 from pipeline.stage import StageError
-from tests.conftest import REPO, replace
+from tests.helpers import REPO
+from tests.helpers.params import replace
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

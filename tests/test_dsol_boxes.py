@@ -40,7 +40,8 @@ def test_normbox_becomes_corners_and_the_category_a_music_class(sample):
 def test_a_second_keeps_its_first_frame_with_boxes(sample):
     # 1Ju4S0qeDqw second 49: frame 01470 has an empty bbox list (DSOL's evaluation skips such frames), 01477 is kept
     [box] = sample[("1Ju4S0qeDqw", 49)]
-    assert box["x0"] == pytest.approx(0.3645833333333333) and box["y1"] == pytest.approx(0.43333333333333335 + 0.4388888888888889)
+    assert box["x0"] == pytest.approx(0.3645833333333333)
+    assert box["y1"] == pytest.approx(0.43333333333333335 + 0.4388888888888889)
     # 5_NsbkyLO2Q second 0: all four frames empty, no entry
     assert ("5_NsbkyLO2Q", 0) not in sample
 
@@ -64,8 +65,10 @@ GOOD_KEY = "abcdefghijk_0_1000/frame_002/00067.jpg"
     ([1, 2], r"boxes.json: expected a json object"),
     ({GOOD_KEY: [1]}, r"boxes.json: abcdefghijk_0_1000/frame_002/00067.jpg: expected \{\"bbox\""),
     ({GOOD_KEY: {"boxes": []}}, r"00067.jpg: expected \{\"bbox\""),
-    ({GOOD_KEY: entry(([0.1, 0.1, 0.2, 0.2], 2))}, r"00067.jpg: bbox\[0\]: unknown category_id 2 \(DSOL's ids: 1 cello"),
-    ({GOOD_KEY: entry(([0.1, 0.1, 0.2, 0.2], 1), ([0.9, 0.1, 0.2, 0.2], 3))}, r"bbox\[1\]: normbox .* outside \[0, 1\]"),
+    ({GOOD_KEY: entry(([0.1, 0.1, 0.2, 0.2], 2))},
+     r"00067.jpg: bbox\[0\]: unknown category_id 2 \(DSOL's ids: 1 cello"),
+    ({GOOD_KEY: entry(([0.1, 0.1, 0.2, 0.2], 1), ([0.9, 0.1, 0.2, 0.2], 3))},
+     r"bbox\[1\]: normbox .* outside \[0, 1\]"),
     ({GOOD_KEY: entry(([-0.1, 0.1, 0.2, 0.2], 1))}, r"bbox\[0\]: normbox .* outside \[0, 1\]"),
     ({GOOD_KEY: entry(([0.1, 0.1, 0.0, 0.2], 1))}, r"bbox\[0\]: normbox .* empty"),
     ({GOOD_KEY: entry(([0.1, 0.1, 0.2], 1))}, r"bbox\[0\]: normbox must be 4 numbers"),

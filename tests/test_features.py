@@ -21,20 +21,10 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.clips import clip_schema
+from pipeline.arrays import array_column, array_field, array_layout, array_values, clip_schema, parquet_options
+from pipeline.audio import LogMel
 from pipeline.config import load_params
-from pipeline.features import (
-    LogMel,
-    array_column,
-    array_field,
-    array_layout,
-    array_values,
-    assign_splits,
-    decode_first_frames,
-    parquet_options,
-    run_features,
-    sample_rate_of_clips,
-)
+from pipeline.features import assign_splits, decode_first_frames, run_features, sample_rate_of_clips
 from pipeline.reader import ShardReader
 from pipeline.shards import shard_paths, write_table
 from pipeline.stage import StageError

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.grounded import (CONDITIONS, Outputs, Thresholds, Truth, box_pixels, choose_thresholds, derangement,
-                               lit, region_iou, set_metrics, sound_map)
+from pipeline.grounded import (CONDITIONS, Outputs, Thresholds, Truth, box_pixels, choose_thresholds, derangement, lit,
+                               region_iou, set_metrics, sound_map)
 from pipeline.metrics import boxes_mask
 
 CLASSES = [f"c{index}" for index in range(16)]

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from pipeline.models.ier import (AudioEncoder, AudioInstanceIdentifier, CorrespondenceHead, VisualEncoder,
-                                 localization_map, localization_map_pairs, pool_object_features,
-                                 prototype_similarity)
+                                 localization_map, localization_map_pairs, pool_object_features, prototype_similarity)
 from pipeline.models.nets import audio_trunk, load_pretrained, visual_trunk
 from pipeline.stage import StageError
 from pipeline.train.losses import correspondence_loss, mixture_loss

@@ -1,12 +1,13 @@
 """The whole pipeline under real DVC in a temp git repo, on a tiny toy config: `dvc repro` ends with every
-metric of DESIGN section 7, and `dvc exp run -S` on one knob shows up in `dvc metrics diff --json`."""
+metric of the evaluation protocol (docs/architecture.md), and `dvc exp run -S` on one knob shows up in
+`dvc metrics diff --json`."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from tests.conftest import DVC, dvc_environment, run
+from tests.helpers.processes import DVC, dvc_environment, run
 
 SET_KEYS = {"single": {"iou50", "auc"}, "syn": {"ciou30", "auc", "nsa"}, "un": {"ciou30", "auc", "nsa"},
             "stage1": {"nmi", "map", "precision", "recall"}, "detector": {"map50"}}

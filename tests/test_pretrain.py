@@ -18,7 +18,8 @@ from pipeline.models.nets import load_pretrained, visual_trunk
 from pipeline.pretrain import pretrain_classes, render_set, render_still, run_pretrain
 from pipeline.sources.toy_glyphs import GLYPHS
 from pipeline.stage import StageError
-from tests.conftest import REPO, load_repo_params
+from tests.helpers import REPO
+from tests.helpers.params import load_repo_params
 
 
 def tiny(classes: list[str], **changes) -> tuple[Model, Pretrain]:
@@ -130,16 +131,16 @@ def test_stage_reports_bad_params_in_one_line(tmp_path, stage_env):
 def test_stage1_checkpoints_of_other_pretrained_weights_are_not_resumed(tmp_path):
     # DVC reruns stage 1 when the pretrain stage writes new weights under the same path; its persisted
     # checkpoints must then start over instead of resuming a run that began from the old weights
-    from pipeline.train.stage1 import fingerprint
+    from pipeline.train.stage1 import stage1_fingerprint
     params = load_params(REPO / "params.yaml")
     (tmp_path / "summary.json").write_text("{}")
     weights = tmp_path / "visual.pt"
     weights.write_bytes(b"old weights")
     model = dataclasses.replace(params.model, visual_pretrained=str(weights))
-    before = fingerprint(tmp_path, model, params.stage1, params.aii, seed=0)
-    assert fingerprint(tmp_path, model, params.stage1, params.aii, seed=0) == before
+    before = stage1_fingerprint(tmp_path, model, params.stage1, params.aii, seed=0)
+    assert stage1_fingerprint(tmp_path, model, params.stage1, params.aii, seed=0) == before
     weights.write_bytes(b"new weights")
-    assert fingerprint(tmp_path, model, params.stage1, params.aii, seed=0) != before
+    assert stage1_fingerprint(tmp_path, model, params.stage1, params.aii, seed=0) != before
 
 
 def test_a_batch_larger_than_the_stills_is_named_before_anything_is_rendered(tmp_path):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.features import array_column, array_field
+from pipeline.arrays import array_column, array_field
 from pipeline.reader import ShardReader, make_loader
 from pipeline.shards import ShardWriter
+from tests.helpers.features import write_feature_split
 
 ROWS = 150  # 3 shards of 64, 64, 22 rows; row groups of 16 rows: 10 units of work
 SAMPLES, MELS, FRAMES, SIDE = 100, 4, 5, 16
@@ -34,35 +35,13 @@ def written_arrays() -> dict[str, np.ndarray]:
 
 
 def write_split(folder: Path) -> None:
-    """A features-like split (docs/data.md) whose every value says which row it is."""
-    rows = np.arange(ROWS)
+    """A features split (docs/data.md) whose every value says which row it is."""
     arrays = written_arrays()
-    jpegs = []
-    for row in rows:
-        buffer = io.BytesIO()
-        Image.fromarray(arrays["pixels"][row].transpose(1, 2, 0)).save(buffer, format="JPEG", quality=95)
-        jpegs.append(buffer.getvalue())
-    fields, metadata = {}, {}
-    for name, dtype, shape in [("waveform", np.int16, (SAMPLES,)), ("logmel", np.float32, (MELS, FRAMES)),
-                               ("pixels", np.uint8, (3, SIDE, SIDE))]:
-        fields[name], entries = array_field(name, dtype, shape)
-        metadata |= entries
-    schema = pa.schema([
-        ("clip_id", pa.string()), ("labels", pa.list_(pa.string())), ("clip_index", pa.int32()),
-        fields["waveform"], ("frames", pa.list_(pa.binary())), fields["logmel"], fields["pixels"],
-    ]).with_metadata(metadata)
-    table = pa.Table.from_pydict({
-        "clip_id": [f"clip{row:04d}" for row in rows],
-        "labels": [[f"class{row % 3}"] for row in rows],
-        "clip_index": rows.astype(np.int32),
-        "waveform": array_column(arrays["waveform"]),
-        "frames": [[jpeg] for jpeg in jpegs],
-        "logmel": array_column(arrays["logmel"]),
-        "pixels": array_column(arrays["pixels"]),
-    }, schema=schema)
-    with ShardWriter(folder, schema, rows_per_shard=64, row_group_rows=16) as writer:
-        writer.write(table.slice(0, 50))  # batches that do not line up with shards
-        writer.write(table.slice(50))
+    clips = [{"clip_id": f"clip{row:04d}", "video_id": f"video{row:04d}", "clip_index": row,
+              "labels": [f"class{row % 3}"], "waveform": arrays["waveform"][row], "pixels": arrays["pixels"][row]}
+             for row in range(ROWS)]  # frame 0: the JPEG of the pixels
+    # batches of 50 rows, which do not line up with the shards
+    write_feature_split(folder, clips, logmels=arrays["logmel"], rows_per_shard=64, row_group_rows=16, batch_rows=50)
 
 
 @pytest.fixture(scope="module")

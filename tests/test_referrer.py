@@ -124,7 +124,8 @@ def test_class_aware_maps_without_silent_filter_is_the_audio_map_alone():
 
 
 def test_class_aware_maps_logit_form_is_the_sum_of_the_factors_logits():
-    # logits with scale 2, bias 0: visual 2 cos(f^v, P_k) = [[2, 0], [1.2, 1.6]]; audio 2 cos(f^v, F_k) = [[0, 2], [-2, 0]]
+    # logits with scale 2, bias 0: visual 2 cos(f^v, P_k) = [[2, 0], [1.2, 1.6]];
+    # audio 2 cos(f^v, F_k) = [[0, 2], [-2, 0]]
     # with the filter: their sum [[2, 2], [-0.8, 1.6]]; without: the audio logits alone
     filtered = class_aware_maps(CorrespondenceHead(SCALE, 0.0), VISUAL, EXPANDED, VISUAL_PROTOTYPES, silent_filter=True)
     torch.testing.assert_close(filtered.audio_visual_logit, maps_tensor([[[2.0, 2.0], [-0.8, 1.6]]]))
@@ -181,8 +182,8 @@ def test_visual_guided_distribution_does_not_depend_on_the_visual_maps_or_the_au
     audio_visual = maps_tensor([[[0.2, 0.4], [0.6, 1.0]]])
     one = distributions(probability_maps(audio_visual, torch.zeros_like(audio_visual)), torch.tensor([[0.9, 0.1]]),
                         offscreen_filter=True, temperature=0.5)
-    two = distributions(probability_maps(audio_visual, maps_tensor([[[0.9, 0.0], [0.1, 0.7]]])), torch.tensor([[0.1, 0.9]]),
-                        offscreen_filter=False, temperature=0.5)
+    two = distributions(probability_maps(audio_visual, maps_tensor([[[0.9, 0.0], [0.1, 0.7]]])),
+                        torch.tensor([[0.1, 0.9]]), offscreen_filter=False, temperature=0.5)
     torch.testing.assert_close(one.visual_guided, two.visual_guided)
 
 
@@ -282,7 +283,8 @@ def test_referrer_loss_is_float32_for_bfloat16_inputs():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def _loss_from_head(scale: float, heard: torch.Tensor, offscreen_filter: bool) -> tuple[torch.Tensor, CorrespondenceHead]:
+def _loss_from_head(scale: float, heard: torch.Tensor,
+                    offscreen_filter: bool) -> tuple[torch.Tensor, CorrespondenceHead]:
     head = CorrespondenceHead(scale, 0.0)
     maps = class_aware_maps(head, VISUAL, EXPANDED, VISUAL_PROTOTYPES, silent_filter=True)
     return referrer_loss(distributions(maps, heard, offscreen_filter, temperature=0.1)), head

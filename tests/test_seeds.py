@@ -13,7 +13,8 @@ from pipeline.ablations import AblationError, Run, check_committed, parse_exp_sh
 from pipeline.seeds import (RESULTS_END, RESULTS_START, SEEDED_STAGES, SEEDS_OUTPUTS, SeedsError,
                             check_data_stages_unseeded, formatted, method_metrics, readme_table, replace_block,
                             run_seeds, seed_runs, seeds_document, seeds_markdown, summarise)
-from tests.conftest import DVC, REPO, dvc_environment, run, run_with_uncommitted_params
+from tests.helpers import REPO
+from tests.helpers.processes import DVC, dvc_environment, run, run_with_uncommitted_params
 
 T_975_2 = 4.302652729911275  # Student t's 97.5 % quantile with 2 degrees of freedom (tables: 4.303)
 T_975_1 = 12.706204736174707  # ... with 1 (tables: 12.706)

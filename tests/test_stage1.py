@@ -11,21 +11,23 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 import yaml
 
-from pipeline.features import LogMel, array_column, array_field
-from pipeline.shards import ShardWriter
-from pipeline.train.losses import multi_hot
+from pipeline.audio import LogMel, mixture_logmels
 from pipeline.config import load_params
-from pipeline.train.stage1 import (Embeddings, Processes, Stage1Model, TrainStep, aii_labels, epoch_features,
-                                   from_canvases, mixture_logmels, to_canvases)
-from tests.conftest import REPO, load_repo_params, replace, stage_environment
+from pipeline.models.ier import Stage1Model
+from pipeline.models.inputs import from_canvases, to_canvases
+from pipeline.runtime import Processes
+from pipeline.train.embed import Embeddings
+from pipeline.train.losses import multi_hot
+from pipeline.train.stage1_step import Collected, Trainer, aii_labels, aii_phase, av_phase, epoch_features, train_step
+from tests.helpers import REPO
+from tests.helpers.features import LOGMEL_SETTINGS, write_feature_split
+from tests.helpers.params import load_repo_params, replace
+from tests.helpers.processes import stage_environment
 
-LOGMEL_SETTINGS = dict(sample_rate=16000, n_mels=64, f_max=8000.0, win_length=160, hop_length=80,
-                       n_fft=1024, top_db=80.0)
 SAMPLES = 4000  # 0.25-s clips: 51 log-mel frames
 SIDE = 32
 CLASSES = ["class0", "class1", "class2", "class3"]
@@ -37,34 +39,18 @@ def make_split(folder: Path, videos_per_class: int, clips_per_video: int, seed: 
     """A features split (docs/data.md array columns): each class a coloured square at a random place
     on a noisy frame and a tone of its own frequency."""
     rng = np.random.default_rng(seed)
-    rows = []
+    clips = []
     for label, (colour, frequency) in enumerate(zip(COLOURS, FREQUENCIES)):
         for video in range(videos_per_class):
-            for clip in range(clips_per_video):
+            for _clip in range(clips_per_video):
                 pixels = rng.integers(0, 80, size=(3, SIDE, SIDE), dtype=np.uint8)
                 x, y = rng.integers(0, SIDE - 12, size=2)
                 pixels[:, y:y + 12, x:x + 12] = np.array(colour, dtype=np.uint8)[:, None, None]
                 time_s = np.arange(SAMPLES) / 16000
                 wave = np.sin(2 * np.pi * frequency * time_s) * rng.uniform(3000, 9000) + rng.normal(0, 300, SAMPLES)
-                rows.append({"video_id": f"{CLASSES[label]}-v{video}", "labels": [CLASSES[label]],
-                             "waveform": np.rint(wave).astype(np.int16), "pixels": pixels})
-    waveforms = np.stack([row["waveform"] for row in rows])
-    logmels = LogMel(**LOGMEL_SETTINGS)(waveforms).numpy()
-    fields, metadata = {}, {}
-    for name, values in (("waveform", waveforms), ("logmel", logmels), ("pixels", None)):
-        shape = (3, SIDE, SIDE) if values is None else values.shape[1:]
-        dtype = np.uint8 if values is None else values.dtype
-        fields[name], entries = array_field(name, dtype, shape)
-        metadata |= entries
-    schema = pa.schema([("video_id", pa.string()), ("labels", pa.list_(pa.string())), fields["waveform"],
-                        fields["logmel"], fields["pixels"]]).with_metadata(metadata)
-    table = pa.Table.from_pydict({
-        "video_id": [row["video_id"] for row in rows], "labels": [row["labels"] for row in rows],
-        "waveform": array_column(waveforms), "logmel": array_column(logmels),
-        "pixels": array_column(np.stack([row["pixels"] for row in rows])),
-    }, schema=schema)
-    with ShardWriter(folder, schema, rows_per_shard=64, row_group_rows=16) as writer:
-        writer.write(table)
+                clips.append({"video_id": f"{CLASSES[label]}-v{video}", "labels": [CLASSES[label]],
+                              "waveform": np.rint(wave).astype(np.int16), "pixels": pixels})
+    write_feature_split(folder, clips, logmel_settings=LOGMEL_SETTINGS, rows_per_shard=64, row_group_rows=16)
 
 
 def tiny_params(repo_params: dict, av_epochs: int, aii_epochs: int, class_epochs: int = 0) -> dict:
@@ -296,10 +282,11 @@ def test_single_clips_train_eq8_on_f_a_and_only_mixtures_reach_the_aii(share):
     batch = {"image": torch.from_numpy(rng.integers(0, 255, size=(8, 3, SIDE, SIDE), dtype=np.uint8)),
              "logmel": logmel(waveforms), "index": torch.arange(8), "video_id": [f"v{row}" for row in range(8)]}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    step = TrainStep(model, model, optimizer, model_params, stage1_params, params.aii, torch.device("cpu"), False,
-                     waveforms, logmel)
-    step.set_aii(share, 2, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), torch.nn.functional.normalize(torch.randn(4, 16)))
-    losses = step(batch, np.random.default_rng(1))
+    trainer = Trainer(model, model, optimizer, model_params, stage1_params, params.aii, torch.device("cpu"), False,
+                      waveforms, logmel)
+    phase = aii_phase(share, 2, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]),
+                      torch.nn.functional.normalize(torch.randn(4, 16)), torch.device("cpu"))
+    losses = train_step(trainer, phase, batch, np.random.default_rng(1))
     assert set(losses) == {"av_loss", "aii_loss"} and np.isfinite(losses["aii_loss"])
     steps_gradient = model.aii.steps.weight.grad
     if share == 0.0:
@@ -320,21 +307,21 @@ def test_epoch_features_fill_the_clips_no_batch_held_from_the_previous_clusterin
     waveforms = torch.from_numpy(rng.integers(-8000, 8000, size=(6, SAMPLES), dtype=np.int16))
     logmel = LogMel(**LOGMEL_SETTINGS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    step = TrainStep(model, model, optimizer, model_params, stage1_params, params.aii, torch.device("cpu"), False,
-                     waveforms, logmel)
-    step.collect(6)
+    trainer = Trainer(model, model, optimizer, model_params, stage1_params, params.aii, torch.device("cpu"), False,
+                      waveforms, logmel)
+    collected = Collected.empty(6, 16)
     held = torch.tensor([4, 0, 2, 5])  # one batch; clips 1 and 3 are not in it
-    step({"image": torch.from_numpy(rng.integers(0, 255, size=(4, 3, SIDE, SIDE), dtype=np.uint8)),
-          "logmel": logmel(waveforms[held]), "index": held, "video_id": [f"v{row}" for row in range(4)]},
-         np.random.default_rng(1))
+    train_step(trainer, av_phase(),
+               {"image": torch.from_numpy(rng.integers(0, 255, size=(4, 3, SIDE, SIDE), dtype=np.uint8)),
+                "logmel": logmel(waveforms[held]), "index": held, "video_id": [f"v{row}" for row in range(4)]},
+               np.random.default_rng(1), collected)
     previous = Embeddings(torch.full((6, 16), 7.0), torch.full((6, 16), 9.0))
-    features = epoch_features(step, Processes(0, 1, torch.device("cpu")), previous, Path("unused"))
+    features = epoch_features(collected, previous, Processes(0, 1, torch.device("cpu")), lambda: None)
     assert torch.equal(features.objects[[1, 3]], previous.objects[[1, 3]])
     assert torch.equal(features.audio[[1, 3]], previous.audio[[1, 3]])
     # the held clips: unit-length object features and f^a from this step, not the previous rows
     torch.testing.assert_close(features.objects[held].norm(dim=1), torch.ones(4))
     torch.testing.assert_close(features.audio[held].norm(dim=1), torch.ones(4))
-    assert step.collected is None  # the next epoch collects afresh
 
 
 def test_aii_loss_leaves_out_sibling_prototypes_only_when_asked():
@@ -355,10 +342,10 @@ def test_aii_loss_leaves_out_sibling_prototypes_only_when_asked():
     def aii_loss(sibling_cos: float, prototypes: torch.Tensor) -> float:
         torch.manual_seed(0)
         model = Stage1Model(model_params, clusters=4, aii_enabled=True)
-        step = TrainStep(model, model, torch.optim.AdamW(model.parameters(), lr=1e-3), model_params, stage1_params,
-                         replace(params.aii, sibling_cos=sibling_cos), torch.device("cpu"), False, waveforms, logmel)
-        step.set_aii(0.5, 2, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), prototypes)
-        return step(batch, np.random.default_rng(1))["aii_loss"]
+        trainer = Trainer(model, model, torch.optim.AdamW(model.parameters(), lr=1e-3), model_params, stage1_params,
+                          replace(params.aii, sibling_cos=sibling_cos), torch.device("cpu"), False, waveforms, logmel)
+        phase = aii_phase(0.5, 2, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), prototypes, torch.device("cpu"))
+        return train_step(trainer, phase, batch, np.random.default_rng(1))["aii_loss"]
 
     assert aii_loss(0.9, apart) == aii_loss(1.0, apart)
     assert aii_loss(0.9, siblings) != aii_loss(1.0, siblings)

@@ -10,13 +10,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pipeline.audio import LogMel
 from pipeline.config import Aii, Model, Stage1
-from pipeline.features import LogMel
-from pipeline.train.stage1 import Stage1Model, TrainStep, start_processes, stop_processes, wrap_for_training
-from tests.conftest import load_repo_params
+from pipeline.models.ier import Stage1Model
+from pipeline.runtime import start_processes, stop_processes, wrap_for_training
+from pipeline.train.stage1_step import Trainer, aii_phase, av_phase, train_step
+from tests.helpers.features import LOGMEL_SETTINGS
+from tests.helpers.params import load_repo_params
 
-LOGMEL_SETTINGS = dict(sample_rate=16000, n_mels=64, f_max=8000.0, win_length=160, hop_length=80,
-                       n_fft=1024, top_db=80.0)
 SAMPLES, SIDE, BATCH = 4000, 32, 8  # 8: two 2x2 canvases (stage1.canvas)
 
 
@@ -39,7 +40,7 @@ def train_a_few_steps(rank: int, port: int, results: dict) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     model_params, stage1_params, aii_params = tiny_settings()
-    processes = start_processes("cpu")
+    processes = start_processes("cpu", "stage1.device")
     try:
         torch.manual_seed(0)  # the same initial weights in both processes, as in the stage
         model = Stage1Model(model_params, stage1_params.clusters, aii_enabled=True)
@@ -49,18 +50,19 @@ def train_a_few_steps(rank: int, port: int, results: dict) -> None:
         waveforms = torch.from_numpy(data_rng.integers(-8000, 8000, (12, SAMPLES), dtype=np.int16))
         # correspondence phase (the AII module frozen, as in the stage), then the AII phase
         model.aii.requires_grad_(False)
-        step = TrainStep(model, wrap_for_training(model, processes), optimizer, model_params, stage1_params,
-                         aii_params, processes.device, False, waveforms, logmel)
+        trainer = Trainer(model, wrap_for_training(model, processes), optimizer, model_params, stage1_params,
+                          aii_params, processes.device, False, waveforms, logmel)
         for _ in range(2):
-            step(random_batch(data_rng, logmel, waveforms), data_rng)
+            train_step(trainer, av_phase(), random_batch(data_rng, logmel, waveforms), data_rng)
         for module in (model.visual, model.head):
             module.requires_grad_(False)
         model.aii.requires_grad_(True)
-        step = TrainStep(model, wrap_for_training(model, processes), optimizer, model_params, stage1_params,
-                         aii_params, processes.device, False, waveforms, logmel)
-        step.set_aii(0.5, 2, torch.arange(12) % stage1_params.clusters, torch.randn(stage1_params.clusters, 16))
+        trainer = Trainer(model, wrap_for_training(model, processes), optimizer, model_params, stage1_params,
+                          aii_params, processes.device, False, waveforms, logmel)
+        phase = aii_phase(0.5, 2, torch.arange(12) % stage1_params.clusters, torch.randn(stage1_params.clusters, 16),
+                          processes.device)
         for _ in range(2):
-            step(random_batch(data_rng, logmel, waveforms), data_rng)
+            train_step(trainer, phase, random_batch(data_rng, logmel, waveforms), data_rng)
         # parameters only: BatchNorm statistics are rank 0's at each forward, then each rank's own batch's
         results[rank] = {name: tensor.detach().clone() for name, tensor in model.named_parameters()}
     finally:

@@ -21,10 +21,13 @@ import torch
 import yaml
 
 from pipeline.config import Cmr, MixSet, Model
+from pipeline.models.files import load_trained
+from pipeline.paths import Stage2Paths
 from pipeline.stage import StageError
 from pipeline.synth import run_synth
-from pipeline.train.stage2 import Stage2Paths, fingerprint, load_trained, run_stage2
-from tests.conftest import load_repo_params, stage_environment
+from pipeline.train.stage2 import run_stage2, stage2_fingerprint
+from tests.helpers.params import load_repo_params
+from tests.helpers.processes import stage_environment
 from tests.test_stage1 import make_workdir, tiny_params
 from tests.test_synth import small_synth, write_features
 
@@ -246,12 +249,13 @@ def test_fingerprint_follows_the_stage1_model_params_and_seed(tmp_path, stage1_m
     saved = torch.load(stage1_model, weights_only=True)
     saved["visual_prototypes"] = saved["visual_prototypes"] + 1e-3  # another stage-1 result, same shapes
     torch.save(saved, other_stage1)
-    same = fingerprint(synth_dir, stage1_model, model, cmr, 0)
-    assert fingerprint(synth_dir, stage1_model, model, cmr, 0) == same
-    assert fingerprint(synth_dir, other_stage1, model, cmr, 0) != same
-    assert fingerprint(synth_dir, stage1_model, model, Cmr(**(params["cmr"] | {"epochs": 4})), 0) != same
-    assert fingerprint(synth_dir, stage1_model, model, Cmr(**(params["cmr"] | {"silent_filter": False})), 0) != same
-    assert fingerprint(synth_dir, stage1_model, model, cmr, 1) != same
+    same = stage2_fingerprint(synth_dir, stage1_model, model, cmr, 0)
+    assert stage2_fingerprint(synth_dir, stage1_model, model, cmr, 0) == same
+    assert stage2_fingerprint(synth_dir, other_stage1, model, cmr, 0) != same
+    assert stage2_fingerprint(synth_dir, stage1_model, model, Cmr(**(params["cmr"] | {"epochs": 4})), 0) != same
+    no_filter = Cmr(**(params["cmr"] | {"silent_filter": False}))
+    assert stage2_fingerprint(synth_dir, stage1_model, model, no_filter, 0) != same
+    assert stage2_fingerprint(synth_dir, stage1_model, model, cmr, 1) != same
 
 
 @pytest.mark.slow

@@ -16,8 +16,9 @@ import torch
 import yaml
 from PIL import Image
 
+from pipeline.arrays import array_layout, array_values
+from pipeline.audio import LogMel
 from pipeline.config import MixSet, Synth
-from pipeline.features import LogMel, array_column, array_layout, array_values, features_schema
 from pipeline.reader import ShardReader
 from pipeline.shards import shard_paths
 from pipeline.stage import StageError
@@ -33,11 +34,10 @@ from pipeline.synth import (
     set_rng,
     tile_to_mosaic,
 )
+from tests.helpers.features import LOGMEL_SETTINGS, write_feature_split
 
 TILE = 32  # frame side of the test clips (the real default is 128)
 SAMPLES = 16000
-LOGMEL_SETTINGS = dict(sample_rate=16000, n_mels=64, f_max=8000.0, win_length=160, hop_length=80,
-                       n_fft=1024, top_db=80.0)
 CLASSES = [f"class{i:02d}" for i in range(11)]
 
 
@@ -82,28 +82,11 @@ def make_pool(classes: list[str], clips_per_class: int = 2, seed: int = 0, loud:
 
 
 def write_split(folder, rows: list[dict]) -> None:
-    """Write rows as a features shard (docs/data.md schema, no pixels) with the log-mel of each waveform."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if not rows:
-        return
-    waveforms = np.stack([r["waveform"] for r in rows])
-    logmels = LogMel(**LOGMEL_SETTINGS)(waveforms).numpy()
-    for row, logmel in zip(rows, logmels):
-        row["logmel"] = logmel  # what the synth's duet set must carry over
-    schema = features_schema(SAMPLES, logmels.shape[1:], 16000, pixels_shape=None)
-    table = pa.table({
-        "clip_id": [r["clip_id"] for r in rows],
-        "video_id": [r["clip_id"].rsplit("_", 1)[0] for r in rows],
-        "clip_index": [int(r["clip_id"].rsplit("_", 1)[1]) for r in rows],
-        "start_s": [float(r["clip_id"].rsplit("_", 1)[1]) for r in rows],
-        "labels": [r["labels"] for r in rows],
-        "kind": [r["kind"] for r in rows],
-        "waveform": array_column(waveforms),
-        "frames": [[r["frame"]] for r in rows],
-        "objects": [[r["objects"]] for r in rows],
-        "logmel": array_column(logmels),
-    }, schema=schema)
-    pq.write_table(table, folder / "shard-00000.parquet")
+    """Write rows as a features split (docs/data.md schema, no pixels) with the log-mel of each waveform."""
+    table = write_feature_split(folder, rows, logmel_settings=LOGMEL_SETTINGS)
+    if table is not None:
+        for row, logmel in zip(rows, arrays_of(table, "logmel")):
+            row["logmel"] = logmel  # what the synth's duet set must carry over
 
 
 def write_features(features_dir, n_classes: int = 6, duet_clips: int = 3, val_clips_per_class: int = 2,

@@ -37,7 +37,8 @@ def tiny_world(**changes) -> toy.ToyWorld:
 
 def decode_audio(path: Path) -> np.ndarray:
     pcm = subprocess.run(
-        [ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", str(toy_sound.SAMPLE_RATE), "pipe:"],
+        [ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", str(toy_sound.SAMPLE_RATE),
+         "pipe:"],
         capture_output=True, check=True,
     ).stdout  # fmt: skip
     return np.frombuffer(pcm, np.int16).astype(np.float64) / 32768
@@ -223,7 +224,8 @@ def test_new_view_each_second_shows_the_same_cast_anew_after_each_cut():
     assert [(o.name, o.sounding) for o in first] == [(o.name, o.sounding) for o in second]
     assert all(len(o.left) == fps for o in scene.objects)
     # the same object seen anew: another sprite (size, tilt or mirror) or another place
-    assert any(a.pixels.shape != b.pixels.shape or not np.array_equal(a.pixels, b.pixels) for a, b in zip(first, second))
+    assert any(a.pixels.shape != b.pixels.shape or not np.array_equal(a.pixels, b.pixels)
+               for a, b in zip(first, second))
     # the truth follows the views: frame fps has the second view's boxes, each object once per frame
     rows = toy.scene_truth(video, scene, viewed).to_pandas()
     assert (rows.groupby("frame").size() == cast).all() and rows.frame.nunique() == video.seconds * fps
@@ -234,7 +236,8 @@ def test_new_view_each_second_shows_the_same_cast_anew_after_each_cut():
     # without new views: one view of each object for the whole video
     still_scene = toy.video_scene(video, still, SEED, "music")
     assert [len(o.left) for o in still_scene.objects] == [video.seconds * fps] * cast
-    with pytest.raises(StageError, match=r"datasets\.music\.toy\.new_view_each_second: .* needs new_background_each_second"):
+    with pytest.raises(StageError,
+                       match=r"datasets\.music\.toy\.new_view_each_second: .* needs new_background_each_second"):
         toy.plan_videos(dataclasses.replace(viewed, new_background_each_second=False), SEED, "music")
 
 
@@ -331,7 +334,8 @@ def test_duet_level_gap_stays_within_loudness_ratio():
 
 def test_extreme_knobs_still_give_valid_scenes():
     """Huge objects that must overlap, fast motion, a tiny frame: boxes stay in the frame, non-empty."""
-    crowded = tiny_world(object_scale=[0.9, 1.0], motion=1.0, distractors=[8, 8], image_size=32, fps=1, clutter=100, max_overlap=0.0, rotation_deg=180.0)
+    crowded = tiny_world(object_scale=[0.9, 1.0], motion=1.0, distractors=[8, 8], image_size=32, fps=1, clutter=100,
+                         max_overlap=0.0, rotation_deg=180.0)
     for video in toy.plan_videos(crowded, SEED, "music"):
         scene = toy.video_scene(video, crowded, SEED, "music")
         frames = np.stack(list(toy.scene_frames(scene)))

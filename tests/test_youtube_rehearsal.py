@@ -46,7 +46,7 @@ from pipeline import download
 from pipeline.config import ToyWorld, load_params
 from pipeline.sources import toy
 from pipeline.sources.dsol_boxes import CLASS_CATEGORIES, FRAME_RATE, read_dsol_boxes
-from tests.conftest import DVC, dvc_environment, run
+from tests.helpers.processes import DVC, dvc_environment, run
 
 pytestmark = pytest.mark.slow
 

@@ -9,6 +9,7 @@
 - `AudioInstanceIdentifier`: the distinguishing steps Delta^n(a) = W_n f_m(a) + b_n and the
   expanded features F^a_n = f^a + Delta^n(a) (Eq. 2 / supplement Eq. 10).
 - `prototype_similarity`: sim(P^a_n, F^a_n) as a probability for the BCE losses (Eqs. 2, 8, 10).
+- `Stage1Model`: all of the above in one module (one state dict, one optimizer), as stage 1 trains them.
 
 Precision: similarities, the head and the pooled features are computed in float32 with autocast
 off (they are tiny next to the convolutions, and a bf16 cosine carries only ~3 digits, which
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import Model
 from pipeline.models.nets import audio_trunk, load_pretrained, visual_trunk
 
 
@@ -245,3 +247,28 @@ def prototype_similarity(prototypes: torch.Tensor, features: torch.Tensor, tempe
             raise ValueError(f"features must be (B, D) or (B, K, D) with (K, D) = {tuple(prototypes.shape)}, "
                              f"got {tuple(features.shape)}")
         return torch.sigmoid((cosine - center) / temperature)
+
+
+class Stage1Model(nn.Module):
+    """The stage-1 networks in one module, so one state dict and one optimizer cover them."""
+
+    def __init__(self, model: Model, clusters: int, aii_enabled: bool):
+        super().__init__()
+        self.visual = VisualEncoder(model.width, model.dim, model.hidden, model.visual_pretrained or None)
+        self.audio = AudioEncoder(model.width, model.dim, model.hidden, model.audio_mid_stages,
+                                  model.audio_pretrained or None)
+        self.head = CorrespondenceHead(model.head_init_scale, model.head_init_bias)
+        self.aii = AudioInstanceIdentifier(clusters, self.audio.mid_dims, model.dim, enabled=aii_enabled)
+
+    def forward(self, images: torch.Tensor, log_mels: torch.Tensor,
+                aii_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, AudioFeatures, torch.Tensor | None]:
+        """One training pass: f^v of the images, f^a (and mid-level features) of the log-mels and, when
+        `aii_rows` is given, the expanded features F^a of those rows. Training calls the networks through
+        here, so that under DDP the call goes through the wrapper's forward, which readies the gradient
+        averaging (the correspondence head, a scale and a bias, is applied to the outputs by the loss)."""
+        visual = self.visual(images).embedding
+        audio = self.audio(log_mels)
+        expanded = None
+        if aii_rows is not None:
+            expanded = self.aii(audio.embedding[aii_rows], [level[aii_rows] for level in audio.mid_level])
+        return visual, audio, expanded

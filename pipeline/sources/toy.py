@@ -1,4 +1,4 @@
-"""The toy world: procedurally generated videos with sound and ground truth (DESIGN section 4).
+"""The toy world: procedurally generated videos with sound and ground truth (docs/data.md).
 
 A toy dataset is a list of short videos (`plan_videos`): solo videos, one
 sounding object each, then duets, two sounding objects heard together. Each
@@ -20,17 +20,17 @@ import re
 import subprocess
 import tempfile
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from pipeline.config import ToyWorld
 from pipeline.media import ffmpeg_exe
+from pipeline.progress import progress
 from pipeline.shards import atomic_path
 from pipeline.sources import toy_glyphs, toy_sound
 from pipeline.sources.toy_sound import SAMPLE_RATE, Soundtrack
@@ -87,7 +87,8 @@ def check_world(toy: ToyWorld, seed: int, role: str) -> None:
             except (KeyError, ValueError) as err:
                 raise StageError(f"{where}.{key}: {err}") from None
     if toy.new_view_each_second and not toy.new_background_each_second:
-        raise StageError(f"{where}.new_view_each_second: a new view comes at a cut, so it needs new_background_each_second: true")
+        raise StageError(f"{where}.new_view_each_second: a new view comes at a cut, so it needs "
+                         "new_background_each_second: true")
     if toy.distractors[1] > 0 and not toy.distractor_classes:
         raise StageError(f"{where}.distractor_classes: empty, but distractors is {toy.distractors}")
 
@@ -112,14 +113,16 @@ def plan_videos(toy: ToyWorld, seed: int, role: str) -> list[ToyVideo]:
         for rank, (first, second) in enumerate(chosen):
             count = toy.duet_videos // len(chosen) + (rank < toy.duet_videos % len(chosen))
             for index in range(count):
-                videos.append(ToyVideo(f"toy-{role}-duet-{first}-{second}-{index:03d}", [first, second], "duet", seconds))
+                video_id = f"toy-{role}-duet-{first}-{second}-{index:03d}"
+                videos.append(ToyVideo(video_id, [first, second], "duet", seconds))
     return videos
 
 
 def video_rng(video: ToyVideo, seed: int, role: str, part: str) -> np.random.Generator:
     """The random stream of one part ("sound", "picture") of one video."""
     parts = ("sound", "picture")
-    return np.random.default_rng([seed, zlib.crc32(role.encode()), zlib.crc32(video.video_id.encode()), parts.index(part)])
+    return np.random.default_rng([seed, zlib.crc32(role.encode()), zlib.crc32(video.video_id.encode()),
+                                  parts.index(part)])
 
 
 # --------------------------------------------------------------------------- sound
@@ -128,7 +131,8 @@ def video_rng(video: ToyVideo, seed: int, role: str, part: str) -> np.random.Gen
 def video_soundtrack(video: ToyVideo, toy: ToyWorld, seed: int, role: str) -> Soundtrack:
     """The video's audio at SAMPLE_RATE: its sounding classes, duet level gap, ambience."""
     rng = video_rng(video, seed, role, "sound")
-    return toy_sound.mix_soundtrack(video.labels, video.seconds, toy.ambience, toy.ambience_db, toy.loudness_ratio_db, rng)
+    return toy_sound.mix_soundtrack(video.labels, video.seconds, toy.ambience, toy.ambience_db, toy.loudness_ratio_db,
+                                    rng)
 
 
 # --------------------------------------------------------------------------- pictures
@@ -197,7 +201,8 @@ def covered_share(a: SceneObject, b: SceneObject) -> float:
 
 
 def layout_objects(
-    rng: np.random.Generator, toy: ToyWorld, cast: list[tuple[str, bool]], glyphs: list[str], frames: int, first_frame: int
+    rng: np.random.Generator, toy: ToyWorld, cast: list[tuple[str, bool]], glyphs: list[str], frames: int,
+    first_frame: int
 ) -> list[SceneObject]:
     """One view of the cast (name, sounding): each object drawn at a random size, tilt, mirror and
     brightness on a path of `frames` frames, placed so that sounding objects stay mostly uncovered.
@@ -265,7 +270,8 @@ def layout_scene(video: ToyVideo, toy: ToyWorld, rng: np.random.Generator) -> Sc
 def scene_frames(scene: Scene) -> Iterator[np.ndarray]:
     """The frames, uint8 (size, size, 3), one at a time: glyphs alpha-blended over the background."""
     backgrounds = [background.astype(np.float32) for background in scene.backgrounds]
-    sprites = [(obj.pixels[..., :3].astype(np.float32), obj.pixels[..., 3:].astype(np.float32) / 255) for obj in scene.objects]
+    sprites = [(obj.pixels[..., :3].astype(np.float32), obj.pixels[..., 3:].astype(np.float32) / 255)
+               for obj in scene.objects]
     for frame in range(scene.frames):
         canvas = backgrounds[min(frame // scene.frames_per_background, len(backgrounds) - 1)].copy()
         for index in scene.draw_order:
@@ -357,19 +363,20 @@ def _render_job(job: tuple[ToyVideo, ToyWorld, int, str, Path]) -> pa.Table:
     return render_video(*job)
 
 
-def render_world(toy: ToyWorld, seed: int, role: str, out_dir: Path, workers: int = 2) -> tuple[list[ToyVideo], pa.Table]:
+def render_world(toy: ToyWorld, seed: int, role: str, out_dir: Path,
+                 workers: int = 2) -> tuple[list[ToyVideo], pa.Table]:
     """Render every planned video into out_dir/<video_id>.mp4 (`workers` processes);
     return the plan and all truth rows, concatenated in plan order."""
     videos = plan_videos(toy, seed, role)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(video, toy, seed, role, out_dir / f"{video.video_id}.mp4") for video in videos]
-    progress = dict(total=len(jobs), desc=f"toy {role}", unit="video")
+    bar = dict(total=len(jobs), desc=f"toy {role}", unit="video")
     if workers <= 1:
-        tables = [render_video(*job) for job in tqdm(jobs, **progress)]
+        tables = [render_video(*job) for job in progress(jobs, **bar)]
     else:
         # spawn, not fork: the caller may hold threads (torch, tqdm) that fork would copy half-way
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            tables = list(tqdm(pool.map(_render_job, jobs), **progress))
+            tables = list(progress(pool.map(_render_job, jobs), **bar))
     truth = pa.concat_tables(tables) if tables else TRUTH_SCHEMA.empty_table()
     return videos, truth

@@ -32,7 +32,8 @@ GLYPHS: dict[str, tuple[str, ...]] = {
     "helicopter": ("\U0001F681",),
     "car": ("\U0001F697", "\U0001F699", "\U0001F695"),  # car, SUV, taxi
     "bell": ("\U0001F514", "\U0001F6CE"),  # bell, bellhop bell
-    "siren": ("\U0001F6A8", "\U0001F691", "\U0001F693", "\U0001F692"),  # police light, ambulance, police car, fire engine
+    # police light, ambulance, police car, fire engine
+    "siren": ("\U0001F6A8", "\U0001F691", "\U0001F693", "\U0001F692"),
     "water": ("\U0001F30A", "\U0001F4A7", "\U0001F6BF"),  # wave, droplet, shower
     "cat": ("\U0001F408", "\U0001F431"),
     "cow": ("\U0001F404", "\U0001F42E"),
@@ -171,7 +172,8 @@ def draw_clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int,
         width = max(1, round(size / 128 * rng.uniform(1, 3)))
         extent = rng.uniform(0.04, 0.25) * size
         cx, cy = rng.uniform(0, size, 2)
-        box = [cx - extent / 2, cy - extent / 2 * rng.uniform(0.4, 1.6), cx + extent / 2, cy + extent / 2 * rng.uniform(0.4, 1.6)]
+        box = [cx - extent / 2, cy - extent / 2 * rng.uniform(0.4, 1.6), cx + extent / 2,
+               cy + extent / 2 * rng.uniform(0.4, 1.6)]
         box[1], box[3] = min(box[1], box[3]), max(box[1], box[3])
         shape = str(rng.choice(["ellipse", "rectangle", "polygon", "line", "arc"]))
         if shape == "ellipse":

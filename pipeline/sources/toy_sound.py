@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 import io
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import midirenderer
 import numpy as np

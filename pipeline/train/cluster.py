@@ -1,4 +1,4 @@
-"""Stage-1 clustering (DESIGN section 6, stage 1 step 2): faiss k-means on visual object features,
+"""Stage-1 clustering (paper section 3.1; stage 1's clustering): faiss k-means on visual object features,
 audio prototypes per pseudo-class, the many-to-one cluster -> class mapping and NMI (section 7).
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from sklearn.cluster import kmeans_plusplus
 from sklearn.metrics import normalized_mutual_info_score
-
 
 # k-means++ seeds from at most this many points per cluster (a random subset): enough to find every
 # group, and it bounds the seeding cost (about 5 s for k = 300 on 2 cores).

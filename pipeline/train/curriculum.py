@@ -1,4 +1,4 @@
-"""The AII curriculum (DESIGN section 6, stage 1 step 5) and the plan of which clips each mixture mixes.
+"""The AII curriculum (paper section 3.2) and the plan of which clips each mixture mixes.
 
 `progress` runs from 0 at the start of the AII phase to 1 at its end (e.g. finished steps / all
 steps). The share of mixed samples rises linearly from p_start to p_end; the number of members

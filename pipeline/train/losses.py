@@ -1,4 +1,4 @@
-"""Stage-1 losses (paper Eqs. 1 and 2; supplement Eqs. 8 and 10). All are binary cross-entropies.
+"""Stage-1 losses (paper Eqs. 1 and 2; supplement Eqs. 8 and 10) and the terms a stage-1 step adds up.
 
 Every function takes probabilities (the outputs of `CorrespondenceHead` or `prototype_similarity`)
 and returns a scalar float32 mean. The BCE runs in float32 with autocast off: under CUDA autocast
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from pipeline.models.ier import CorrespondenceHead, localization_map, localization_map_pairs, prototype_similarity
 
 
 def _bce(probabilities: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,3 +128,43 @@ def pseudo_class_loss(features: torch.Tensor, prototypes: torch.Tensor, labels: 
     with torch.autocast(device_type=features.device.type, enabled=False):
         cosine = F.normalize(features.float(), dim=1) @ F.normalize(prototypes.float(), dim=1).T
         return F.cross_entropy(cosine / temperature, labels.long())
+
+
+# --------------------------------------------------------------------------- the terms of a stage-1 step
+
+
+def av_loss(head: CorrespondenceHead, visual: torch.Tensor, audio: torch.Tensor, video_ids: list[str],
+            negatives: str) -> torch.Tensor:
+    """Eq. 1 on a batch: each image with its own audio is a positive; with the audio of another video
+    a negative: the next row's audio (`roll`, DSOL's one negative per positive) or every other row's (`all`).
+    Pairs of two clips of the same video are never negatives."""
+    positive, _ = head(localization_map(visual, audio))
+    if negatives == "roll":
+        negative, _ = head(localization_map(visual, audio.roll(1, dims=0)))
+        other_video = torch.tensor([a != b for a, b in zip(video_ids, video_ids[-1:] + video_ids[:-1])],
+                                   device=negative.device)
+    else:
+        negative, _ = head(localization_map_pairs(visual, audio))  # (B images, B audios)
+        other_video = torch.tensor([[a != b for b in video_ids] for a in video_ids], device=negative.device)
+    return correspondence_loss(positive, negative[other_video])
+
+
+def class_loss(objects: torch.Tensor, audio: torch.Tensor, visual_prototypes: torch.Tensor,
+               audio_centroids: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """DSOL's classification task: each clip's pseudo-class from its object feature (classifier P^v) plus the
+    same from its f^a (classifier: the mean f^a of each cluster)."""
+    return (pseudo_class_loss(objects, visual_prototypes, labels, temperature)
+            + pseudo_class_loss(audio, audio_centroids, labels, temperature))
+
+
+def aii_loss(prototypes: torch.Tensor, single_audio: torch.Tensor, expanded: torch.Tensor, labels: torch.Tensor,
+             temperature: float, center: float, prototype_cosines: torch.Tensor, sibling_cos: float) -> torch.Tensor:
+    """Eq. 8 on the single clips' f^a (every prototype sees the same f^a) and Eq. 10 on the mixtures' expanded
+    F^a, in one BCE: the distinguishing steps learn only from mixtures (docs/decisions.md, "Eq. 8 on f^a").
+    labels (singles + mixtures, M) from `aii_labels`; prototypes with a cosine above `sibling_cos` to a
+    member's are left out (1.0: the paper's loss, bit for bit)."""
+    singles = len(single_audio)
+    similarity = prototype_similarity(prototypes, torch.cat([
+        single_audio[:, None, :].expand(singles, *prototypes.shape), expanded]), temperature, center)
+    ignore = sibling_prototypes(labels, prototype_cosines, sibling_cos) if sibling_cos < 1.0 else None
+    return mixture_loss(similarity, labels, ignore)

@@ -1,4 +1,4 @@
-"""Stage 2 of IEr: the Cross-modal Referrer trained on the unconstrained mosaics (DESIGN section 6).
+"""Stage 2 of IEr: the Cross-modal Referrer trained on the unconstrained mosaics (paper section 3.3).
 
     run_stage2(synth_dir, paths, model_params, cmr_params, seed)
 
@@ -19,116 +19,25 @@ a checkpoint per epoch, DDP under torchrun with rank 0 writing.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from pipeline.config import Cmr, Model
+from pipeline.models.files import load_trained
 from pipeline.models.ier import CorrespondenceHead, prototype_similarity
+from pipeline.models.inputs import prepare_images, prepare_logmel
+from pipeline.paths import Stage2Paths
+from pipeline.progress import progress
 from pipeline.reader import ShardReader, make_loader
+from pipeline.runtime import (Processes, autocast, epoch_steps, make_deterministic, make_optimizer,
+                              mean_over_ranks, save_torch, start_processes, stop_processes, wrap_for_training)
 from pipeline.shards import write_json
 from pipeline.stage import StageError
+from pipeline.train.checkpoints import file_hash, fingerprint, log_epoch, resume, save_checkpoint, start_log
 from pipeline.train.referrer import ClassMaps, class_aware_maps, distributions, referrer_loss
-from pipeline.train.stage1 import (Processes, Stage1Model, autocast, last_checkpoint, make_deterministic,
-                                   make_optimizer, mean_over_ranks, prepare_images, prepare_logmel, save_checkpoint,
-                                   save_torch, start_processes, stop_processes, wrap_for_training)
-
-# The model settings stage 1 recorded that must equal params.yaml's, or the weights would not fit.
-SHAPE_SETTINGS = ("width", "dim", "hidden", "audio_mid_stages")
-# What a stage-1 or stage-2 model file holds (stage 1's also has train_assignment).
-MODEL_FILE_KEYS = ("state_dict", "config", "visual_prototypes", "audio_prototypes", "cluster_to_class")
-
-
-class Stage2Paths(NamedTuple):
-    stage1_model: Path  # models/<ds>/stage1.pt (input)
-    model: Path  # models/<ds>/stage2.pt
-    report: Path  # reports/<ds>/stage2.json
-    checkpoints: Path  # models/<ds>/stage2-checkpoints/
-    live: Path  # reports/<ds>/stage2-live/ (dvclive)
-
-
-class Trained(NamedTuple):
-    """A stage-1 or stage-2 model file, loaded."""
-
-    model: Stage1Model
-    visual_prototypes: torch.Tensor  # P^v (K, D)
-    audio_prototypes: torch.Tensor  # P^a (K, D)
-    cluster_to_class: list[str]  # cluster k -> majority true class of its training clips ("" for none)
-    config: dict  # what the file records (model settings, and stage 2's switches)
-
-
-def load_trained(path: Path, model_params: Model) -> Trained:
-    """Load models/<ds>/stage1.pt or stage2.pt. A missing, unreadable (truncated, corrupt) or unfitting file (other
-    model settings, missing entries, weights that do not fit its config) is a one-line StageError naming it."""
-    if not path.is_file():
-        raise StageError(f"{path}: not found (run the stage that writes it first)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
-        raise StageError(f"{path}: truncated or corrupt, torch cannot read it ({_load_failure(err)}); "
-                         f"rerun the stage that writes it") from None
-    missing = [key for key in MODEL_FILE_KEYS if not isinstance(saved, dict) or key not in saved]
-    if missing:
-        raise StageError(f"{path}: not a stage-1 or stage-2 model file (no {', '.join(map(repr, missing))})")
-    config = saved["config"]
-    for name in (*SHAPE_SETTINGS, "clusters", "aii_enabled"):
-        if not isinstance(config, dict) or name not in config:
-            raise StageError(f"{path}: no config[{name!r}] (written by another version of the stage)")
-    for name in SHAPE_SETTINGS:
-        wanted = getattr(model_params, name)
-        wanted = list(wanted) if isinstance(wanted, (list, tuple)) else wanted
-        if config[name] != wanted:
-            raise StageError(f"{path}: trained with model.{name} = {config[name]}, params.yaml has {wanted}")
-    # Every weight comes from the file: the pretrained trunks named in params are not read (nor needed).
-    from_file = dataclasses.replace(model_params, visual_pretrained="", audio_pretrained="")
-    model = Stage1Model(from_file, config["clusters"], config["aii_enabled"])
-    mismatch = _state_mismatch(model.state_dict(), saved["state_dict"])
-    if mismatch:
-        raise StageError(f"{path}: the weights do not fit the networks its config describes ({mismatch})")
-    model.load_state_dict(saved["state_dict"])
-    return Trained(model, saved["visual_prototypes"], saved["audio_prototypes"], list(saved["cluster_to_class"]),
-                   config)
-
-
-def _load_failure(err: Exception) -> str:
-    """torch.load's error in a few words: its first line (the weights-only unpickler's own reason, not its advice)."""
-    text = str(err)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    reason = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
-
-
-def _state_mismatch(expected: dict, found: dict) -> str:
-    """How a saved state dict differs from the networks' (the first difference), or "" when it fits."""
-    missing = [name for name in expected if name not in found]
-    if missing:
-        return f"{len(missing)} tensor(s) missing, e.g. {missing[0]}"
-    unexpected = [name for name in found if name not in expected]
-    if unexpected:
-        return f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}"
-    for name, tensor in expected.items():
-        if not isinstance(found[name], torch.Tensor) or found[name].shape != tensor.shape:
-            shape = tuple(found[name].shape) if isinstance(found[name], torch.Tensor) else type(found[name]).__name__
-            return f"{name} is {shape} in the file, the networks want {tuple(tensor.shape)}"
-    return ""
-
-
-def fingerprint(synth_dir: Path, stage1_model: Path, model_params: Model, cmr_params: Cmr, seed: int) -> str:
-    """What a checkpoint was trained with (stage-1 weights, data, params, code): anything else starts over."""
-    package = Path(__file__).resolve().parents[1]
-    code = {str(path.relative_to(package)): path.read_text()
-            for folder in ("train", "models") for path in sorted((package / folder).glob("*.py"))}
-    settings = {"seed": seed, "model": dataclasses.asdict(model_params), "cmr": dataclasses.asdict(cmr_params),
-                "stage1": hashlib.sha256(stage1_model.read_bytes()).hexdigest(),
-                "data": (synth_dir / "summary.json").read_text(), "code": code}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def stage2_forward(model: nn.Module, head: CorrespondenceHead, images: torch.Tensor, log_mels: torch.Tensor,
@@ -153,7 +62,7 @@ def run_stage2(synth_dir: str | Path, paths: Stage2Paths, model_params: Model, c
     train_dir = synth_dir / "train"
     if not list(train_dir.glob("shard-*.parquet")):
         raise StageError(f"{train_dir}: no shard-*.parquet files (run the synth stage first)")
-    processes = start_processes(cmr_params.device)
+    processes = start_processes(cmr_params.device, "cmr.device")
     try:
         # Training runs in its own function so that its DDP wrapper is freed when it returns, before the process
         # group is destroyed: a gloo group torn down by the wrapper's last reference after that can deadlock.
@@ -165,19 +74,15 @@ def run_stage2(synth_dir: str | Path, paths: Stage2Paths, model_params: Model, c
 def _train_and_write(synth_dir: Path, paths: Stage2Paths, model_params: Model, cmr_params: Cmr, seed: int,
                      processes: Processes) -> dict:
     """run_stage2 in each process: train, then (rank 0) write the model, report and log; the report ({} elsewhere)."""
-    from dvclive import Live  # imported here: dvclive pulls in much, and only the stage needs it
-
+    # ==== model (from stage 1), optimiser, data
     train_dir = synth_dir / "train"
     torch.manual_seed(seed)
     device = processes.device
     make_deterministic(device)
-    channels_last = model_params.channels_last  # on the CPU too: faster steps there as well (docs/decisions.md)
     trained = load_trained(paths.stage1_model, model_params)
     model = trained.model.to(device)
-    if channels_last:
+    if model_params.channels_last:  # on the CPU too: faster steps there as well (docs/decisions.md)
         model = model.to(memory_format=torch.channels_last)
-    visual_prototypes = trained.visual_prototypes.to(device)
-    audio_prototypes = trained.audio_prototypes.to(device)
     # The teacher side stays fixed: audio net, AII (BatchNorm statistics included).
     for module in (model.audio, model.aii):
         module.requires_grad_(False)
@@ -188,65 +93,75 @@ def _train_and_write(synth_dir: Path, paths: Stage2Paths, model_params: Model, c
                          world_size=processes.world_size)
     loader = make_loader(reader)
 
-    expected = fingerprint(synth_dir, paths.stage1_model, model_params, cmr_params, seed)
-    checkpoint = last_checkpoint(paths.checkpoints, expected) if processes.main else None
-    if processes.world_size > 1:
-        torch.distributed.barrier()
-        if not processes.main:
-            checkpoint = last_checkpoint(paths.checkpoints, expected)
-    start_epoch, history = 0, []
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_epoch, history = checkpoint["epoch"], checkpoint["history"]
-        if processes.main:
-            print(f"stage2: resuming from the checkpoint of epoch {start_epoch}", flush=True)
-    live = Live(dir=str(paths.live), dvcyaml=False, save_dvc_exp=False) if processes.main else None
-    for past in history if live else []:
-        for name, value in past.items():
-            live.log_metric(name, value)
-        live.next_step()
+    # ==== resume
+    expected = stage2_fingerprint(synth_dir, paths.stage1_model, model_params, cmr_params, seed)
+    checkpoint = resume(paths.checkpoints, expected, processes, model, optimizer, "stage2")
+    start_epoch, history = (checkpoint["epoch"], checkpoint["history"]) if checkpoint is not None else (0, [])
+    live = start_log(paths.live, history, processes)
 
+    # ==== the epochs
     model.train()
     model.audio.eval()
     model.aii.eval()
     trainer = wrap_for_training(model, processes) if cmr_params.epochs else model
     for epoch in range(start_epoch, cmr_params.epochs):
-        reader.set_epoch(epoch)
-        steps = min(reader.num_batches(rank=rank) for rank in range(processes.world_size))
-        if steps == 0:
-            raise StageError(f"{train_dir}: {reader.num_rows} mosaics give no full batch of cmr.batch_size = "
-                             f"{cmr_params.batch_size} for each of {processes.world_size} process(es)")
+        steps = epoch_steps(reader, epoch, processes, f"{train_dir}: {reader.num_rows} mosaics", "cmr.batch_size")
         rng = np.random.default_rng([seed, epoch, processes.rank])
-        total, batches = 0.0, iter(loader)
-        for _ in tqdm(range(steps), desc=f"stage2 epoch {epoch + 1}/{cmr_params.epochs}", leave=False,
-                      disable=not processes.main):
-            batch = next(batches)
-            flip = rng.random(len(batch["index"])) < 0.5 if cmr_params.flip else None
-            side = batch["image"].shape[-1]  # mosaics at their own size
-            images = prepare_images(batch["image"], side, device, channels_last, flip)
-            log_mels = prepare_logmel(batch["logmel"], device, channels_last)
-            with autocast(device):
-                maps, heard = stage2_forward(trainer, model.head, images, log_mels, visual_prototypes,
-                                             audio_prototypes, model_params, cmr_params.silent_filter)
-            loss = referrer_loss(distributions(maps, heard, cmr_params.offscreen_filter, cmr_params.temperature))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-        del batches
+        total = run_epoch(trainer, model.head, optimizer, trained, loader, steps, rng, model_params, cmr_params,
+                          f"stage2 epoch {epoch + 1}/{cmr_params.epochs}", processes)
         epoch_log = mean_over_ranks({"referrer_loss": total / steps}, processes)
         history.append(epoch_log)
         if processes.main:
-            live.log_metric("referrer_loss", epoch_log["referrer_loss"])
-            live.next_step()
+            log_epoch(live, epoch_log)
             print(f"stage2: epoch {epoch + 1}/{cmr_params.epochs}: referrer_loss "
                   f"{epoch_log['referrer_loss']:.4f}", flush=True)
             save_checkpoint(paths.checkpoints, {"fingerprint": expected, "epoch": epoch + 1, "history": history,
                                                 "model": model.state_dict(), "optimizer": optimizer.state_dict()})
     if not processes.main:
         return {}
-    report = {"epochs": cmr_params.epochs, "train_mosaics": reader.num_rows,
+    report = write_outputs(model, trained, history, reader.num_rows, paths, cmr_params, processes)
+    live.end()
+    # cmr.epochs: 0 (the "w/o CMR" ablation) logs no step, so dvclive makes no curve folder; DVC expects it
+    (paths.live / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
+    return report
+
+
+def stage2_fingerprint(synth_dir: Path, stage1_model: Path, model_params: Model, cmr_params: Cmr, seed: int) -> str:
+    """What a checkpoint was trained with (stage-1 weights, data, params, the code stage 2 runs)."""
+    return fingerprint({"seed": seed, "model": dataclasses.asdict(model_params), "cmr": dataclasses.asdict(cmr_params),
+                        "stage1": file_hash(stage1_model), "data": (synth_dir / "summary.json").read_text()}, __name__)
+
+
+def run_epoch(trainer: nn.Module, head: CorrespondenceHead, optimizer: torch.optim.Optimizer, trained,
+              loader, steps: int, rng: np.random.Generator, model_params: Model, cmr_params: Cmr, description: str,
+              processes: Processes) -> float:
+    """`steps` steps of L_u (Eq. 6) on the training mosaics; the sum of the loss over them."""
+    device, channels_last = processes.device, model_params.channels_last
+    visual_prototypes = trained.visual_prototypes.to(device)
+    audio_prototypes = trained.audio_prototypes.to(device)
+    total, batches = 0.0, iter(loader)
+    for _ in progress(range(steps), desc=description, disable=not processes.main):
+        batch = next(batches)
+        flip = rng.random(len(batch["index"])) < 0.5 if cmr_params.flip else None
+        side = batch["image"].shape[-1]  # mosaics at their own size
+        images = prepare_images(batch["image"], side, device, channels_last, flip)
+        log_mels = prepare_logmel(batch["logmel"], device, channels_last)
+        with autocast(device):
+            maps, heard = stage2_forward(trainer, head, images, log_mels, visual_prototypes, audio_prototypes,
+                                         model_params, cmr_params.silent_filter)
+        loss = referrer_loss(distributions(maps, heard, cmr_params.offscreen_filter, cmr_params.temperature))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    del batches
+    return total
+
+
+def write_outputs(model: nn.Module, trained, history: list[dict], train_mosaics: int, paths: Stage2Paths,
+                  cmr_params: Cmr, processes: Processes) -> dict:
+    """The model file (stage 1's prototypes and config, with the referrer's switches added) and the report."""
+    report = {"epochs": cmr_params.epochs, "train_mosaics": train_mosaics,
               "silent_filter": cmr_params.silent_filter, "offscreen_filter": cmr_params.offscreen_filter,
               "processes": processes.world_size,
               "final_loss": round(history[-1]["referrer_loss"], 6) if history else None}
@@ -258,7 +173,4 @@ def _train_and_write(synth_dir: Path, paths: Stage2Paths, model_params: Model, c
                 "visual_prototypes": trained.visual_prototypes, "audio_prototypes": trained.audio_prototypes,
                 "cluster_to_class": trained.cluster_to_class}, paths.model)
     write_json(report, paths.report)
-    live.end()
-    # cmr.epochs: 0 (the "w/o CMR" ablation) logs no step, so dvclive makes no curve folder; DVC expects it
-    (paths.live / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
     return report

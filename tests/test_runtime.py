@@ -1,0 +1,50 @@
+"""Runtime helpers and model inputs: the device error names the caller's key, the progress bar writes one line in a
+log, and a model file's input normalisation is what evaluation prepares its inputs with."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import Model
+from pipeline.models.files import Trained, model_config
+from pipeline.models.inputs import DEFAULT_NORMALISATION, Normalisation, prepare_images, prepare_logmel
+from pipeline.runtime import pick_device
+from pipeline.stage import StageError
+from tests.helpers.params import load_repo_params
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("key", ["stage1.device", "cmr.device", "evaluate.device", "pretrain.device"])
+def test_cuda_without_cuda_names_the_callers_key(key):
+    with pytest.raises(StageError, match=f"^{key}: cuda asked but torch sees no CUDA device$"):
+        pick_device("cuda", key)
+
+
+def test_progress_writes_one_line_when_stderr_is_not_a_terminal():
+    code = ("from pipeline.progress import progress\n"
+            "for _ in progress(range(500), desc='steps', unit='step', leave=False): pass\n"
+            "with progress(total=3, desc='mosaics') as bar:\n    bar.update(3)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and "\r" not in result.stderr
+    assert lines[0].startswith("steps: 100% 500/500") and lines[1].startswith("mosaics: 100% 3/3")
+
+
+def test_a_model_files_normalisation_is_read_back_and_used():
+    params = load_repo_params()
+    model_params = Model(**params["model"])
+    other = Normalisation((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 20.0, 10.0)
+    config = model_config(model_params, 4, True, other)
+    assert Trained(None, None, None, [], config).normalisation == other
+    # a file written before the normalisation was recorded reads as the defaults
+    old = {key: value for key, value in config.items() if key not in other.to_config()}
+    assert Trained(None, None, None, [], old).normalisation == DEFAULT_NORMALISATION
+    images = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
+    prepared = prepare_images(images, 4, torch.device("cpu"), False, normalisation=other)
+    torch.testing.assert_close(prepared, torch.full((1, 3, 4, 4), 2.0))  # (1 - 0.5) / 0.25
+    log_mel = prepare_logmel(torch.full((1, 2, 3), -20.0), torch.device("cpu"), False, other)
+    np.testing.assert_allclose(log_mel.numpy(), 0.0)  # (-20 + 20) / 10
