@@ -43,7 +43,7 @@ from pipeline.train.referrer import ClassMaps, class_aware_maps, distributions, 
 def stage2_forward(model: nn.Module, head: CorrespondenceHead, images: torch.Tensor, log_mels: torch.Tensor,
                    visual_prototypes: torch.Tensor, audio_prototypes: torch.Tensor, model_params: Model,
                    silent_filter: bool) -> tuple[ClassMaps, torch.Tensor]:
-    """Class maps and p^a of a batch: (ClassMaps, p^a (B, K)), for training and evaluation alike.
+    """Class maps and p^a of a training batch: (ClassMaps, p^a (B, K)).
 
     `model` is the Stage1Model or its DDP wrapper (training goes through the wrapper's forward so that
     DDP averages the gradients); `head` the correspondence head, applied to its outputs.
