@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.config import Detect
+from pipeline.runtime import save_torch
 from pipeline.shards import atomic_path, shard_paths, write_json, write_table
 from pipeline.stage import StageError
 
@@ -365,12 +366,36 @@ def run_detect(
             report.update(map50=score, per_class_ap50=per_class)
         kept = found[found["score"] >= params.confidence]
         write_table(boxes_table(kept), boxes_path)
-        with atomic_path(weights_path) as tmp:
-            shutil.copyfile(weights, tmp)
+        if source == "toy":  # weights we trained: without the run's facts, so that equal weights give equal bytes
+            save_torch(without_run_facts(weights, Path(workdir)), Path(weights_path))
+        else:  # the user's weights file, as it is
+            with atomic_path(weights_path) as tmp:
+                shutil.copyfile(weights, tmp)
     report.update(images=len(evaluation.clip_ids), boxes=len(kept))
     write_json(report, report_path)
     write_json({"seconds": round(time.perf_counter() - start, 1)}, run_path)
     return report
+
+
+def without_run_facts(weights: Path, workdir: Path) -> dict:
+    """The checkpoint ultralytics wrote at `weights`, less what it records about the run rather than the weights:
+    the date, the repository's git state, the epochs' wall times, and the temporary folder in the training
+    arguments (the checkpoint's and the network's copy). Every run of the same training then writes the same
+    bytes (the tensors already were equal)."""
+    import torch
+
+    def without_workdir(arguments: dict) -> dict:
+        return {key: value.replace(str(workdir), "<workdir>") if isinstance(value, str) else value
+                for key, value in arguments.items()}
+
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)  # our own file, just written
+    checkpoint["date"], checkpoint["git"] = None, None
+    checkpoint["train_args"] = without_workdir(checkpoint.get("train_args") or {})
+    if isinstance(getattr(checkpoint.get("model"), "args", None), dict):  # the network keeps a copy of them
+        checkpoint["model"].args = without_workdir(checkpoint["model"].args)
+    checkpoint["train_results"] = {key: value for key, value in (checkpoint.get("train_results") or {}).items()
+                                   if key != "time"}
+    return checkpoint
 
 
 def _train_toy(ultralytics, features_dir: Path, evaluation: Frames, params: Detect, seed: int, workdir: Path,

@@ -398,7 +398,7 @@ def test_stage_end_to_end_offline_and_deterministic(tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in hidden}
     env["PYTHONPATH"] = f"{guard}{os.pathsep}{REPO}"
 
-    outputs = []
+    outputs, weights = [], []
     for run_number in range(2):
         if run_number:  # the detector draws from data_seed: another training seed changes nothing
             params = yaml.safe_load(params_path.read_text())
@@ -408,6 +408,7 @@ def test_stage_end_to_end_offline_and_deterministic(tmp_path):
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         outputs.append(pq.read_table(tmp_path / "data/boxes/music.parquet"))
+        weights.append((tmp_path / "models/music/detector.pt").read_bytes())
     assert not (tmp_path / "attempts.log").exists(), (tmp_path / "attempts.log").read_text()
     assert "detect@music: 18 evaluation frames" in run.stdout  # val, test, duet_val and duet
 
@@ -423,6 +424,9 @@ def test_stage_end_to_end_offline_and_deterministic(tmp_path):
     assert "ultralytics_val_map50" in report  # ultralytics' own cross-check, on the val frames
     assert json.loads((tmp_path / "reports/music/detector-run.json").read_text())["seconds"] > 0
     assert (tmp_path / "models/music/detector.pt").stat().st_size > 100_000
+    assert weights[1] == weights[0]  # the run's date, git state and wall times are left out of the file
+    reloaded = load_ultralytics().YOLO(str(tmp_path / "models/music/detector.pt"))
+    assert set(SHAPES) <= set(reloaded.names.values())  # ultralytics still loads it, class names and all
     assert (tmp_path / ".yolo/Ultralytics/settings.json").is_file()
     leftovers = {p.name for p in tmp_path.iterdir()} - {"data", "models", "reports", ".yolo", "params.yaml", "guard"}
     assert leftovers == set()  # no runs/, dvclive/ or dvc.yaml
