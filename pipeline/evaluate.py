@@ -290,23 +290,25 @@ class SetRun(NamedTuple):
     deranged_from: np.ndarray  # image i heard the audio of image deranged_from[i]
 
 
-def shared_normalisation(models: dict[str, Trained]) -> Normalisation:
-    """The input normalisation of every model (one StageError when their files disagree)."""
-    found = {method: trained.normalisation for method, trained in models.items()}
+def same_normalisation(trained_by_file: dict[Path, Trained]) -> Normalisation:
+    """The input normalisation the model files share (the images are prepared once for every method); a
+    StageError naming the files when they disagree (a model file left from an older stage 1)."""
+    found = {path: trained.normalisation for path, trained in trained_by_file.items()}
     if len(set(found.values())) > 1:
-        raise StageError(f"the model files normalise their inputs differently: {found}")
+        listed = "; ".join(f"{path}: {normalisation}" for path, normalisation in found.items())
+        raise StageError(f"the model files normalise their inputs differently ({listed}); rerun stage 1 and stage 2")
     return next(iter(found.values()))
 
 
 def run_set(eval_set: EvalSet, models: dict[str, Trained], classes: list[str], model_params: Model,
-            silence: torch.Tensor, seed: int, batch_size: int, device: torch.device, with_dsol: bool) -> SetRun:
+            silence: torch.Tensor, seed: int, batch_size: int, device: torch.device, with_dsol: bool,
+            normalisation: Normalisation) -> SetRun:
     """Every method under every audio condition on one set (the visual features computed once per batch)."""
     count = len(eval_set.sample_ids)
     permutation = derangement(count, seed, eval_set.name)
     audio_of = {"true": eval_set.log_mels, "deranged": eval_set.log_mels[torch.from_numpy(permutation)],
                 "silence": silence.expand(count, *silence.shape)}
     collected = {method: {condition: [] for condition in CONDITIONS} for method in models}
-    normalisation = shared_normalisation(models)  # the images are prepared once for every method
     for start in range(0, count, batch_size):
         rows = slice(start, start + batch_size)
         images = prepare_images(eval_set.images[rows], eval_set.images.shape[-1], device, False,
@@ -538,6 +540,7 @@ def run_evaluate(features_dir: str | Path, synth_dir: str | Path, paths: Evaluat
     device = pick_device(params.device, "evaluate.device")
     models = {"ier": load_trained(paths.stage2_model, model_params),
               "avol": load_trained(paths.stage1_model, model_params)}
+    normalisation = same_normalisation({paths.stage2_model: models["ier"], paths.stage1_model: models["avol"]})
     for trained in models.values():
         trained.model.to(device).eval()
     stage1_report, detector_report = read_json(paths.stage1_report), read_json(paths.detector_report)
@@ -552,7 +555,7 @@ def run_evaluate(features_dir: str | Path, synth_dir: str | Path, paths: Evaluat
               for split, sets in loaded.items()}
     silence = silence_log_mel(features_dir, tuple(loaded["test"]["single"].log_mels.shape[1:]))
     runs = {split: {name: run_set(eval_set, models, classes, model_params, silence, seed, params.batch_size, device,
-                                  with_dsol=split == "test")
+                                  with_dsol=split == "test", normalisation=normalisation)
                     for name, eval_set in sets.items()} for split, sets in loaded.items()}
 
     # every threshold is chosen on val, against the main box source

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,3 +49,15 @@ def test_a_model_files_normalisation_is_read_back_and_used():
     torch.testing.assert_close(prepared, torch.full((1, 3, 4, 4), 2.0))  # (1 - 0.5) / 0.25
     log_mel = prepare_logmel(torch.full((1, 2, 3), -20.0), torch.device("cpu"), False, other)
     np.testing.assert_allclose(log_mel.numpy(), 0.0)  # (-20 + 20) / 10
+
+
+def test_model_files_that_normalise_otherwise_stop_evaluation_naming_both():
+    from pipeline.evaluate import same_normalisation
+
+    model_params = Model(**load_repo_params()["model"])
+    ier = Trained(None, None, None, [], model_config(model_params, 4, True, DEFAULT_NORMALISATION))
+    old = Trained(None, None, None, [], model_config(model_params, 4, True, Normalisation(logmel_offset=20.0)))
+    assert same_normalisation({Path("stage2.pt"): ier, Path("stage1.pt"): ier}) == DEFAULT_NORMALISATION
+    with pytest.raises(StageError, match=r"^the model files normalise their inputs differently \(stage2.pt: .*; "
+                                         r"stage1.pt: .*logmel_offset=20.0.*\); rerun stage 1 and stage 2$"):
+        same_normalisation({Path("stage2.pt"): ier, Path("stage1.pt"): old})
