@@ -247,6 +247,21 @@ class Cmr:
 
 
 @dataclass(frozen=True)
+class Oracle:
+    """The ceiling: IEr's networks trained with the true labels (pipeline/oracle.py)."""
+
+    epochs: int = knob(lo=1)  # passes over train_single (the audio side trains in every one)
+    visual_epochs: int = knob(lo=1)  # the first this many passes also train the visual side
+    batch_size: int = knob(lo=1)  # clips per step (whole canvases)
+    lr: float = knob(lo=0.0, hi=1.0)  # AdamW learning rate
+    weight_decay: float = knob(lo=0.0, hi=1.0)  # AdamW weight decay
+    canvas: int = knob(lo=1, hi=4)  # visual class maps learnt on canvas x canvas grids of clips
+    mix_share: float = knob(lo=0.0, hi=4.0)  # mixtures per step / clips per step
+    max_mix: int = knob(lo=2)  # a step's mixtures have 2..max_mix clips of distinct classes
+    device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
+
+
+@dataclass(frozen=True)
 class Evaluate:
     """The evaluation protocol (docs/architecture.md)."""
 
@@ -280,6 +295,7 @@ class Params:
     stage1: Stage1
     aii: Aii
     cmr: Cmr
+    oracle: Oracle
     evaluate: Evaluate
 
 

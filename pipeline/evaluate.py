@@ -1,4 +1,4 @@
-"""Evaluation of IEr and the AVOL baseline on one dataset (docs/architecture.md).
+"""Evaluation of IEr, the AVOL and DSOL baselines and the oracle on one dataset (docs/architecture.md).
 
     run_evaluate(features_dir, synth_dir, paths, model_params, params, source, reference_boxes, seed)
 
@@ -12,12 +12,16 @@ Two protocols, on the test split, with every choice made on the val split first:
   DSOL does (a softmax across the clusters of the logit-scale maps, summed per class by the cluster -> class map,
   `pipeline.metrics.class_maps`; L^av_k's logit form is the sum of its two factors' logits, softmaxed with scale
   1, docs/decisions.md). AVOL ("Objects that sound"): the stage-1 map of the image with the whole (mixed) audio,
-  min-max normalised, the same map for every class.
+  min-max normalised, the same map for every class. DSOL: as IEr, from its own model file (stage 2 as DSOL trains
+  it, on the stage-1 networks before the AII phase: F^a_k = f^a). The oracle (the same networks trained with the
+  true classes, pipeline/models/oracle.py): its class logit maps through the same softmax; its single-source map
+  is its sound map (each class map weighted by its heard score, the max over classes).
 - **The audio-grounded protocol** (`pipeline.grounded`): the model's own "where is the sound" map with no true
   classes, thresholds chosen on val, scored on test under the true audio, deranged audio and digital silence.
   IEr's candidate maps are its L^av_k (probabilities, the silent filter inside) gated by the heard score p^a_k of
   their pseudo-class; AVOL's is its head's probability map, ungated; both give per-class heard scores (IEr:
-  p^a_k = sim(P^a_k, F^a_k); AVOL: sim(P^a_k, f^a)), a class's score the max over its clusters.
+  p^a_k = sim(P^a_k, F^a_k); AVOL: sim(P^a_k, f^a)), a class's score the max over its clusters. DSOL's are IEr's
+  with F^a_k = f^a; the oracle's are its class maps gated by its own heard scores (sigmoids of its audio logits).
 
 Boxes (`evaluate.boxes`): toy `auto` scores against the generator's truth and repeats every number against the
 detector's boxes (`detector_boxes`); youtube `auto` uses `datasets.<ds>.youtube.reference_boxes` (DSOL's
@@ -52,6 +56,7 @@ from pipeline.metrics import (AUC_THRESHOLDS, auc, boxes_mask, class_aware_iou, 
 from pipeline.models.files import Trained, load_trained
 from pipeline.models.ier import localization_map, prototype_similarity
 from pipeline.models.inputs import Normalisation, prepare_images, prepare_logmel
+from pipeline.models.oracle import TrainedOracle, load_oracle
 from pipeline.paths import EvaluatePaths
 from pipeline.reader import ShardReader
 from pipeline.runtime import autocast, pick_device
@@ -61,7 +66,7 @@ from pipeline.train.referrer import class_aware_maps
 
 CLASS_AWARE_SETS = ("syn", "un", "duet")
 SETS = ("single", *CLASS_AWARE_SETS)
-METHODS = ("ier", "avol")
+METHODS = ("ier", "avol", "dsol", "oracle")  # IEr first: metrics.json's top level; the others under `baselines`
 
 
 # --------------------------------------------------------------------------- the sets, in memory
@@ -252,9 +257,27 @@ def min_max(maps: torch.Tensor) -> np.ndarray:
     return (maps - low) / np.maximum(maps.max(axis=(1, 2), keepdims=True) - low, 1e-8)
 
 
-def run_method(method: str, trained: Trained, visual: torch.Tensor, log_mels: torch.Tensor, classes: list[str],
-               model_params: Model, with_dsol: bool) -> MethodBatch:
+def run_oracle(oracle: TrainedOracle, visual: torch.Tensor, log_mels: torch.Tensor, classes: list[str],
+               with_dsol: bool) -> MethodBatch:
+    """The oracle on a batch: its class maps gated by its heard scores (both trained with the true classes).
+    Under DSOL's protocol its class logit maps go through DSOL's softmax over classes, and its single-source map
+    is the sound map, the pixelwise max of the class maps weighted by the heard scores."""
+    logits = oracle.model.visual_classes(visual).float()  # (B, C', h, w)
+    maps = torch.sigmoid(logits)
+    heard = torch.sigmoid(oracle.model.heard_logits(log_mels)).float()  # (B, C')
+    outputs = Outputs(list(maps.cpu().numpy()), heard.cpu().numpy(),
+                      per_class(heard.cpu().numpy(), oracle.classes, classes))
+    if not with_dsol:
+        return MethodBatch(outputs, [], np.zeros(0))
+    dsol = [class_maps(row, oracle.classes, classes, scale=1.0) for row in logits.cpu().numpy()]
+    return MethodBatch(outputs, dsol, min_max((maps * heard[:, :, None, None]).amax(dim=1)))
+
+
+def run_method(method: str, trained: Trained | TrainedOracle, visual: torch.Tensor, log_mels: torch.Tensor,
+               classes: list[str], model_params: Model, with_dsol: bool) -> MethodBatch:
     """One method on a batch: its grounded outputs and (with_dsol) its DSOL-protocol maps. `visual` is f^v."""
+    if isinstance(trained, TrainedOracle):
+        return run_oracle(trained, visual, log_mels, classes, with_dsol)
     model, device = trained.model, visual.device
     audio = model.audio(log_mels)
     _, head_map = model.head(localization_map(visual, audio.embedding))
@@ -290,7 +313,7 @@ class SetRun(NamedTuple):
     deranged_from: np.ndarray  # image i heard the audio of image deranged_from[i]
 
 
-def same_normalisation(trained_by_file: dict[Path, Trained]) -> Normalisation:
+def same_normalisation(trained_by_file: dict[Path, Trained | TrainedOracle]) -> Normalisation:
     """The input normalisation the model files share (the images are prepared once for every method); a
     StageError naming the files when they disagree (a model file left from an older stage 1)."""
     found = {path: trained.normalisation for path, trained in trained_by_file.items()}
@@ -300,7 +323,7 @@ def same_normalisation(trained_by_file: dict[Path, Trained]) -> Normalisation:
     return next(iter(found.values()))
 
 
-def run_set(eval_set: EvalSet, models: dict[str, Trained], classes: list[str], model_params: Model,
+def run_set(eval_set: EvalSet, models: dict[str, Trained | TrainedOracle], classes: list[str], model_params: Model,
             silence: torch.Tensor, seed: int, batch_size: int, device: torch.device, with_dsol: bool,
             normalisation: Normalisation) -> SetRun:
     """Every method under every audio condition on one set (the visual features computed once per batch)."""
@@ -538,9 +561,11 @@ def run_evaluate(features_dir: str | Path, synth_dir: str | Path, paths: Evaluat
         if not list((features_dir / split).glob("shard-*.parquet")):
             raise StageError(f"{features_dir / split}: no shard-*.parquet files (run the features stage first)")
     device = pick_device(params.device, "evaluate.device")
-    models = {"ier": load_trained(paths.stage2_model, model_params),
-              "avol": load_trained(paths.stage1_model, model_params)}
-    normalisation = same_normalisation({paths.stage2_model: models["ier"], paths.stage1_model: models["avol"]})
+    files = {"ier": paths.stage2_model, "avol": paths.stage1_model, "dsol": paths.dsol_model,
+             "oracle": paths.oracle_model}
+    models = {method: (load_oracle if method == "oracle" else load_trained)(files[method], model_params)
+              for method in METHODS}
+    normalisation = same_normalisation({files[method]: models[method] for method in METHODS})
     for trained in models.values():
         trained.model.to(device).eval()
     stage1_report, detector_report = read_json(paths.stage1_report), read_json(paths.detector_report)

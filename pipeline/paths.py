@@ -27,6 +27,7 @@ class PretrainPaths(NamedTuple):
 
 class Stage1Paths(NamedTuple):
     model: Path  # models/<ds>/stage1.pt
+    dsol_model: Path  # models/<ds>/stage1-dsol.pt: the networks before the AII phase (DSOL's stage 1)
     report: Path  # reports/<ds>/stage1.json
     checkpoints: Path  # models/<ds>/stage1-checkpoints/
     live: Path  # reports/<ds>/stage1-live/ (dvclive)
@@ -40,9 +41,16 @@ class Stage2Paths(NamedTuple):
     live: Path  # reports/<ds>/stage2-live/ (dvclive)
 
 
+class OraclePaths(NamedTuple):
+    model: Path  # models/<ds>/oracle.pt
+    report: Path  # reports/<ds>/oracle.json
+
+
 class EvaluatePaths(NamedTuple):
     stage1_model: Path  # models/<ds>/stage1.pt: AVOL's networks
     stage2_model: Path  # models/<ds>/stage2.pt: IEr
+    dsol_model: Path  # models/<ds>/dsol.pt: the DSOL baseline
+    oracle_model: Path  # models/<ds>/oracle.pt: the ceiling
     stage1_report: Path  # reports/<ds>/stage1.json
     detector_report: Path  # reports/<ds>/detector.json
     boxes: Path  # data/boxes/<ds>.parquet: the detector's boxes on the evaluation frames
@@ -77,7 +85,8 @@ PRETRAIN = PretrainPaths(MODELS / "pretrain" / "visual.pt", REPORTS / "pretrain.
 
 
 def stage1(dataset: str) -> Stage1Paths:
-    return Stage1Paths(MODELS / dataset / "stage1.pt", REPORTS / dataset / "stage1.json",
+    return Stage1Paths(MODELS / dataset / "stage1.pt", MODELS / dataset / "stage1-dsol.pt",
+                       REPORTS / dataset / "stage1.json",
                        MODELS / dataset / "stage1-checkpoints", REPORTS / dataset / "stage1-live")
 
 
@@ -86,9 +95,20 @@ def stage2(dataset: str) -> Stage2Paths:
                        MODELS / dataset / "stage2-checkpoints", REPORTS / dataset / "stage2-live")
 
 
+def oracle(dataset: str) -> OraclePaths:
+    return OraclePaths(MODELS / dataset / "oracle.pt", REPORTS / dataset / "oracle.json")
+
+
+def dsol(dataset: str) -> Stage2Paths:
+    """The DSOL baseline: stage 2 as DSOL trains it, from the stage-1 networks before the AII phase."""
+    return Stage2Paths(stage1(dataset).dsol_model, MODELS / dataset / "dsol.pt", REPORTS / dataset / "dsol.json",
+                       MODELS / dataset / "dsol-checkpoints", REPORTS / dataset / "dsol-live")
+
+
 def evaluate(dataset: str) -> EvaluatePaths:
     reports = REPORTS / dataset
-    return EvaluatePaths(stage1(dataset).model, stage2(dataset).model, stage1(dataset).report,
+    return EvaluatePaths(stage1(dataset).model, stage2(dataset).model, dsol(dataset).model, oracle(dataset).model,
+                         stage1(dataset).report,
                          detect(dataset).report, detect(dataset).boxes, reports / "metrics.json",
                          reports / "samples.csv", reports / "success.csv", reports / "examples.npz")
 
@@ -102,8 +122,8 @@ def stage_outputs(stage: str, dataset: str | None = None) -> list[Path]:
         return list(PRETRAIN)
     if stage == "report":
         return [REPORT_PAGE]
-    if stage == "stage2":
-        return list(stage2(dataset))[1:]  # its first entry is stage 1's model, an input
+    if stage in ("stage2", "dsol"):
+        return list({"stage2": stage2, "dsol": dsol}[stage](dataset))[1:]  # the first entry is an input
     if stage == "evaluate":
         written = evaluate(dataset)
         return [written.metrics, written.samples, written.success, written.examples,
@@ -111,4 +131,4 @@ def stage_outputs(stage: str, dataset: str | None = None) -> list[Path]:
     single = {"download": raw, "clips": clips, "features": features, "synth": synth}
     if stage in single:
         return [single[stage](dataset)]
-    return list({"detect": detect, "stage1": stage1}[stage](dataset))
+    return list({"detect": detect, "stage1": stage1, "oracle": oracle}[stage](dataset))

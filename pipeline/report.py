@@ -46,7 +46,8 @@ SET_TITLES = {"single": "Single-source", "syn": "Synthetic", "duet": "Duet", "un
 TABLE1_SETS = {"music": ("single", "syn", "duet", "un"), "vggsound": ("single", "syn", "un")}
 SET_METRICS = {"single": (("iou50", "IoU@0.5"), ("auc", "AUC"))}
 CLASS_AWARE_METRICS = (("ciou30", "CIoU@0.3"), ("auc", "AUC"))
-METHOD_NAMES = {"ier": "IEr", "avol": "AVOL", "dsol": "DSOL-like"}
+METHOD_NAMES = {"ier": "IEr", "avol": "AVOL", "dsol": "DSOL", "oracle": "Oracle (true labels)"}
+CEILINGS = {"oracle"}  # rows shown as the ceiling of the architecture, never ranked against the methods
 STAGE1_METRICS = (("nmi", "NMI"), ("map", "mAP"), ("precision", "Precision"), ("recall", "Recall"))
 CURVE_FOLDERS = ("stage1-live", "stage2-live")
 MISSING = "&ndash;"
@@ -375,12 +376,20 @@ def percent(value) -> str | None:
     return None if value is None else f"{100 * value:.1f}"
 
 
-def best_in_bold(values: list, lower_is_better: bool = False) -> list[str]:
-    """One column's cells: percentages, the best (highest as shown, or lowest) in bold when there are two or more."""
+def best_in_bold(values: list, lower_is_better: bool = False, ranked: list[bool] | None = None) -> list[str]:
+    """One column's cells: percentages, the best (highest as shown, or lowest) in bold when there are two or more.
+    Only the rows `ranked` marks compete (default: all); the others (a ceiling) are shown, never bold."""
     shown = [percent(value) for value in values]
-    numbers = [float(text) for text in shown if text is not None]
+    ranked = ranked if ranked is not None else [True] * len(shown)
+    numbers = [float(text) for text, competes in zip(shown, ranked) if text is not None and competes]
     best = (min if lower_is_better else max)(numbers) if len(numbers) > 1 else None
-    return [MISSING if text is None else f"<b>{text}</b>" if float(text) == best else text for text in shown]
+    return [MISSING if text is None else f"<b>{text}</b>" if competes and float(text) == best else text
+            for text, competes in zip(shown, ranked)]
+
+
+def ranked(methods: list[str]) -> list[bool]:
+    """Which rows compete for bold: every method but the ceilings."""
+    return [method not in CEILINGS for method in methods]
 
 
 def row(cells: list[str], tag: str = "td") -> str:
@@ -464,13 +473,14 @@ def table1_html(reports: list[DatasetReport]) -> str:
             for key, title in SET_METRICS.get(set_name, CLASS_AWARE_METRICS):
                 metric_head.append(f"<th>{title}</th>")
                 columns.append(best_in_bold([metric(method_metrics(report, method), set_name, key)
-                                             for method in methods]))
+                                             for method in methods], ranked=ranked(methods)))
     head = ["<tr>" + "".join(cells) + "</tr>" for cells in (dataset_head, set_head, metric_head)]
     rows = [[method_name(method), *cells] for method, cells in zip(methods, transpose(columns))]
     caption = ("DSOL's protocol: the true sounding classes are given to the metric, which scores only their maps, "
                "each thresholded relative to its own maximum. Single-source: share of images with IoU &ge; 0.5 "
                "and the AUC of that share over IoU thresholds; class-aware sets: the same with CIoU &ge; 0.3. "
-               "Bold: the best method in each column.")
+               "Bold: the best method in each column (the oracle, trained with the true labels, is a ceiling and "
+               "not ranked).")
     return table(head, rows, caption)
 
 
@@ -495,7 +505,7 @@ def nsa_html(reports: list[DatasetReport]) -> str:
         for set_name in sets:
             set_head.append(f"<th>{SET_TITLES[set_name]}</th>")
             columns.append(best_in_bold([metric(method_metrics(report, method), set_name, "nsa")
-                                         for method in methods]))
+                                         for method in methods], ranked=ranked(methods)))
     head = ["<tr>" + "".join(cells) + "</tr>" for cells in (dataset_head, set_head)]
     rows = [[method_name(method), *cells] for method, cells in zip(methods, transpose(columns))]
     caption = ("Non-sounding area (DSOL's protocol, the true silent classes given): for the silent classes of an "
@@ -549,7 +559,8 @@ def grounded_table(report: DatasetReport, boxes: str) -> str:
     head = [f'<tr><th rowspan="2">Method</th>{set_head}</tr>',
             row([title for _, title in GROUNDED_METRICS] * len(sets), "th")]
     columns = [best_in_bold([metric(method_metrics(report, method).get("grounded") or {}, set_name, key)
-                             for method in methods], lower_is_better=key in LOWER_IS_BETTER)
+                             for method in methods], lower_is_better=key in LOWER_IS_BETTER,
+                            ranked=ranked(methods))
                for set_name in sets for key, _ in GROUNDED_METRICS]
     rows = [[method_name(method), *cells] for method, cells in zip(methods, transpose(columns))]
     thresholds = report.metrics.get("grounded", {}).get("thresholds") or {}
@@ -557,7 +568,8 @@ def grounded_table(report: DatasetReport, boxes: str) -> str:
                        if isinstance(value, (int, float)))
     caption = (f"{report.name}, test split, scored against {BOXES_TITLES[boxes]}"
                + (f"; IEr's thresholds chosen on val: {chosen}" if chosen else "")
-               + ". Bold: the best method in each column (lowest for silent false alarm).")
+               + ". Bold: the best method in each column (lowest for silent false alarm; the oracle, trained with "
+                 "the true labels, is a ceiling and not ranked).")
     return table(head, rows, caption)
 
 

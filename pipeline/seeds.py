@@ -2,7 +2,7 @@
 
 python -m pipeline.seeds [--seeds N] [--table-only]   (`make seeds` runs it)
 
-1. Seeds 0..N-1. The params key `seed` drives only training and evaluation (stage1, stage2, evaluate,
+1. Seeds 0..N-1. The params key `seed` drives only training and evaluation (stage1, stage2, dsol, oracle, evaluate,
    report); the data stages and the pretrained trunk follow `data_seed`, so `-S seed=K` reruns none of them.
    The seed equal to HEAD's committed `seed` is HEAD's committed metrics; every other seed K is a DVC
    experiment `seed-K` (`dvc exp run --queue -n seed-K -S seed=K`, an older one of that name removed first),
@@ -40,9 +40,9 @@ RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 # What a rerun may find changed since HEAD: this command's own outputs (ablations' too: a shared dvc.lock).
 SEEDS_OUTPUTS = OWN_OUTPUTS | {SEEDS_JSON.as_posix(), SEEDS_MD.as_posix(), README.as_posix()}
 # The stages `seed` may drive: a seed experiment reruns these and nothing else.
-SEEDED_STAGES = ("stage1", "stage2", "evaluate", "report")
+SEEDED_STAGES = ("stage1", "stage2", "dsol", "oracle", "evaluate", "report")
 IER = "ier"
-METHOD_TITLES = {IER: "IEr", "avol": "AVOL", "dsol": "DSOL", "oracle": "Oracle"}  # others: their key
+METHOD_TITLES = {IER: "IEr", "avol": "AVOL", "dsol": "DSOL", "oracle": "Oracle (true labels)"}  # others: their key
 DETECTOR_BOXES = "detector_boxes"  # metrics.json's group of the same numbers scored against the detector's boxes
 VAL = "val"  # metrics.json's group of the grounded numbers on the val sets (what settings are chosen by)
 PREFIXED_GROUPS = (DETECTOR_BOXES, VAL)  # groups shaped like metrics.json itself, their keys kept prefixed

@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from pipeline.diagnose import TERMS, diagnose
+from pipeline.diagnose_listening import class_columns, swapped
 from pipeline.diagnose_stage1 import diagnose_stage1, linear_probe
+from pipeline.grounded import Outputs
 from tests.helpers import REPO
 from tests.helpers.processes import stage_environment
 
@@ -83,7 +85,7 @@ def test_linear_probe_finds_planted_classes_and_cannot_split_identical_ones():
     assert np.mean(predicted[truth != "c"] == truth[truth != "c"]) < 0.8
 
 
-@pytest.mark.parametrize("module", ["pipeline.diagnose", "pipeline.diagnose_stage1"])
+@pytest.mark.parametrize("module", ["pipeline.diagnose", "pipeline.diagnose_stage1", "pipeline.diagnose_listening"])
 def test_command_without_a_trained_model_is_one_line(tmp_path, module):
     run = subprocess.run([sys.executable, "-m", module, "music", "--params", str(REPO / "params.yaml")], cwd=tmp_path,
                          env=stage_environment(), capture_output=True, text=True, timeout=120)
@@ -91,3 +93,13 @@ def test_command_without_a_trained_model_is_one_line(tmp_path, module):
     model = "stage1" if module.endswith("stage1") else "stage2"
     missing = f"error: models/music/{model}.pt: not found (run the stage that writes it first)"
     assert run.stderr.strip().splitlines() == [missing]
+
+
+def test_swapping_ears_gates_each_map_by_the_other_models_score_of_its_class():
+    maps = Outputs([np.zeros((3, 2, 2))], np.array([[0.9, 0.8, 0.7]]), np.array([[0.9, 0.1]]))
+    ears = Outputs([np.zeros((2, 2, 2))], np.array([[0.2, 0.6]]), np.array([[0.2, 0.6]]))
+    # the three maps are of class 1, of no class, of class 0
+    hybrid = swapped(maps, class_columns(["b", "", "a"], ["a", "b"]), ears)
+    assert hybrid.maps is maps.maps
+    np.testing.assert_allclose(hybrid.gates, [[0.6, 0.0, 0.2]])
+    np.testing.assert_allclose(hybrid.heard, ears.heard)

@@ -11,6 +11,7 @@ from tests.helpers.processes import DVC, dvc_environment, run
 
 SET_KEYS = {"single": {"iou50", "auc"}, "syn": {"ciou30", "auc", "nsa"}, "un": {"ciou30", "auc", "nsa"},
             "stage1": {"nmi", "map", "precision", "recall"}, "detector": {"map50"}}
+BASELINES = ("avol", "dsol", "oracle")
 GROUNDED_KEYS = {"iou30", "auc", "sounding_recall", "silent_false_alarm", "heard_map", "heard_precision",
                  "heard_recall", "empty"}
 
@@ -40,15 +41,17 @@ def test_tiny_pipeline_repro_and_metrics_diff(tiny_repo):
         expected = SET_KEYS | ({"duet": {"ciou30", "auc", "nsa"}} if dataset == "music" else {})
         for group, keys in expected.items():
             assert keys <= set(metrics[group]), (dataset, group, metrics[group])
-            assert keys <= set(metrics["baselines"]["avol"].get(group, keys) if group not in ("stage1", "detector")
-                               else keys)
+            for method in BASELINES:
+                assert keys <= set(metrics["baselines"][method].get(group, keys)
+                                   if group not in ("stage1", "detector") else keys), (dataset, method, group)
         values = [value for group in expected for value in metrics[group].values() if value is not None]
         assert all(0.0 <= value <= 1.0 for value in values), metrics
         # where the numbers come from: test split, thresholds from val, the generator's boxes (toy)
         assert (metrics["split"], metrics["thresholds_split"], metrics["boxes"]) == ("test", "val", "truth")
         sets = [name for name in ("single", "syn", "un", "duet") if name in expected]
         check_grounded(metrics["grounded"], sets, dataset)
-        check_grounded(metrics["baselines"]["avol"]["grounded"], sets, f"{dataset} avol")
+        for method in BASELINES:  # AVOL, DSOL and the oracle (true labels): the same groups as IEr's
+            check_grounded(metrics["baselines"][method]["grounded"], sets, f"{dataset} {method}")
         # the val sets' numbers at the same thresholds (what settings are chosen by), stage 1's val numbers too
         check_grounded(metrics["val"]["grounded"], sets, f"{dataset} val", thresholds=False)
         check_grounded(metrics["val"]["baselines"]["avol"]["grounded"], sets, f"{dataset} val avol", thresholds=False)

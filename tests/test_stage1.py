@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from pipeline.audio import LogMel, mixture_logmels
-from pipeline.config import load_params
+from pipeline.config import Model, load_params
+from pipeline.models.files import load_trained
 from pipeline.models.ier import Stage1Model
 from pipeline.models.inputs import from_canvases, to_canvases
 from pipeline.runtime import Processes
@@ -128,14 +129,35 @@ def test_stage_writes_a_loadable_model_and_a_report(finished):
 
 
 @pytest.mark.slow
+def test_dsols_stage1_is_the_model_before_the_aii_phase(finished, repo_params_module):
+    """stage1-dsol.pt: the networks after the cluster-classify epochs, without the AII. The AII phase trains only
+    the audio side, so the visual side and the head are those of stage1.pt to the bit, and P^v are its P^v."""
+    model_dir = finished / "models" / "tiny"
+    dsol = torch.load(model_dir / "stage1-dsol.pt", weights_only=True)
+    final = torch.load(model_dir / "stage1.pt", weights_only=True)
+    assert dsol["config"] == final["config"] | {"aii_enabled": False}
+    assert not any(key.startswith("aii.") for key in dsol["state_dict"])
+    for name, tensor in dsol["state_dict"].items():
+        same = torch.equal(tensor, final["state_dict"][name])
+        assert same if name.startswith(("visual.", "head.")) else True, name
+    assert any(not torch.equal(tensor, final["state_dict"][name]) for name, tensor in dsol["state_dict"].items()
+               if name.startswith("audio.") and tensor.is_floating_point())  # the AII phase moved the audio net
+    assert torch.equal(dsol["visual_prototypes"], final["visual_prototypes"])
+    assert torch.equal(dsol["train_assignment"], final["train_assignment"])
+    assert dsol["audio_prototypes"].shape == final["audio_prototypes"].shape
+    trained = load_trained(model_dir / "stage1-dsol.pt", Model(**tiny_params(repo_params_module, 2, 3, 1)["model"]))
+    assert not trained.model.aii.enabled
+
+
+@pytest.mark.slow
 def test_two_runs_give_the_same_report_and_model_bytes(finished, tmp_path, repo_params_module, module_env):
     workdir = make_workdir(tmp_path, tiny_params(repo_params_module, 2, 3, class_epochs=1))
     run_stage1(workdir, module_env)
     assert (workdir / "reports" / "tiny" / "stage1.json").read_text() == \
         (finished / "reports" / "tiny" / "stage1.json").read_text()
     # The same bytes, so DVC records the same hash (torch.save once named the zip's folder after the temp file).
-    assert (workdir / "models" / "tiny" / "stage1.pt").read_bytes() == \
-        (finished / "models" / "tiny" / "stage1.pt").read_bytes()
+    for name in ("stage1.pt", "stage1-dsol.pt"):
+        assert (workdir / "models" / "tiny" / name).read_bytes() == (finished / "models" / "tiny" / name).read_bytes()
 
 
 @pytest.mark.slow
@@ -162,6 +184,10 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(finished, tmp_path, repo_
     uninterrupted = torch.load(finished / "models" / "tiny" / "stage1.pt", weights_only=True)
     for name, tensor in uninterrupted["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], tensor), name
+    # DSOL's stage 1 (after epoch 3) too, whether the kill came before it (computed by the rerun) or after it
+    # (carried in the checkpoints)
+    assert (workdir / "models" / "tiny" / "stage1-dsol.pt").read_bytes() == \
+        (finished / "models" / "tiny" / "stage1-dsol.pt").read_bytes()
     # the resumed run's dvclive log replays the first epochs: one row per epoch, as uninterrupted
     live = Path("reports") / "tiny" / "stage1-live" / "plots" / "metrics" / "av_loss.tsv"
     assert len((workdir / live).read_text().strip().splitlines()) == 1 + 6

@@ -51,7 +51,7 @@ def load_trained(path: Path, model_params: Model) -> Trained:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
-        raise StageError(f"{path}: truncated or corrupt, torch cannot read it ({_load_failure(err)}); "
+        raise StageError(f"{path}: truncated or corrupt, torch cannot read it ({load_failure(err)}); "
                          f"rerun the stage that writes it") from None
     missing = [key for key in MODEL_FILE_KEYS if not isinstance(saved, dict) or key not in saved]
     if missing:
@@ -68,7 +68,7 @@ def load_trained(path: Path, model_params: Model) -> Trained:
     # Every weight comes from the file: the pretrained trunks named in params are not read (nor needed).
     from_file = dataclasses.replace(model_params, visual_pretrained="", audio_pretrained="")
     model = Stage1Model(from_file, config["clusters"], config["aii_enabled"])
-    mismatch = _state_mismatch(model.state_dict(), saved["state_dict"])
+    mismatch = state_mismatch(model.state_dict(), saved["state_dict"])
     if mismatch:
         raise StageError(f"{path}: the weights do not fit the networks its config describes ({mismatch})")
     model.load_state_dict(saved["state_dict"])
@@ -76,7 +76,7 @@ def load_trained(path: Path, model_params: Model) -> Trained:
                    config)
 
 
-def _load_failure(err: Exception) -> str:
+def load_failure(err: Exception) -> str:
     """torch.load's error in a few words: its first line (the weights-only unpickler's own reason, not its advice)."""
     text = str(err)
     if "WeightsUnpickler error:" in text:
@@ -85,7 +85,7 @@ def _load_failure(err: Exception) -> str:
     return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
 
 
-def _state_mismatch(expected: dict, found: dict) -> str:
+def state_mismatch(expected: dict, found: dict) -> str:
     """How a saved state dict differs from the networks' (the first difference), or "" when it fits."""
     missing = [name for name in expected if name not in found]
     if missing:

@@ -105,9 +105,9 @@ def train_stage1(features_dir: Path, paths: Stage1Paths, model_params: Model, st
     # ==== resume from the last complete epoch of the same training, if any
     expected = stage1_fingerprint(features_dir, model_params, stage1_params, aii_params, seed)
     checkpoint = resume(paths.checkpoints, expected, processes, model, optimizer, "stage1")
-    start_epoch, history, clusters = 0, [], Clusters()
+    start_epoch, history, clusters, dsol = 0, [], Clusters(), None
     if checkpoint is not None:
-        start_epoch, history = checkpoint["epoch"], checkpoint["history"]
+        start_epoch, history, dsol = checkpoint["epoch"], checkpoint["history"], checkpoint.get("dsol")
         clusters = Clusters(checkpoint["visual_prototypes"], checkpoint["assignment"],
                             checkpoint["audio_prototypes"],
                             Embeddings(*checkpoint["collected"]) if checkpoint["collected"] is not None else None)
@@ -146,6 +146,8 @@ def train_stage1(features_dir: Path, paths: Stage1Paths, model_params: Model, st
                 clusters.features = features = epoch_features(collected, clusters.features, processes, embed_train)
             cluster_clips(clusters, features, embed_train, train.classes, stage1_params, model_params.dim, seed,
                           processes)
+            if epoch == clustered_epochs - 1 and processes.main:
+                dsol = dsol_model_file(model, clusters, train, train_dir, model_params, stage1_params, device)
 
         epoch_log = mean_over_ranks({loss_name: value / steps for loss_name, value in sums.items()}, processes)
         history.append(epoch_log)
@@ -158,12 +160,13 @@ def train_stage1(features_dir: Path, paths: Stage1Paths, model_params: Model, st
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "visual_prototypes": clusters.visual_prototypes, "assignment": clusters.assignment,
                 "audio_prototypes": clusters.prototypes,
-                "collected": None if clusters.features is None else list(clusters.features)})
+                "collected": None if clusters.features is None else list(clusters.features), "dsol": dsol})
 
     if not processes.main:
         return {}
     report = write_outputs(model, clusters, train, history, features_dir, paths, logmel, model_params, stage1_params,
                            aii_params, seed, processes)
+    save_torch(dsol, paths.dsol_model)
     live.end()
     return report
 
@@ -233,6 +236,25 @@ def set_trainable(model: Stage1Model, phase: str) -> None:
         module.train(not in_aii)
         module.requires_grad_(not in_aii)
     model.aii.requires_grad_(in_aii)
+
+
+def dsol_model_file(model: Stage1Model, clusters: Clusters, train, train_dir: Path, model_params: Model,
+                    stage1_params: Stage1, device: torch.device) -> dict:
+    """DSOL's stage 1 as a model file: the networks, P^v and pseudo-classes after the last cluster-classify epoch
+    (DSOL's own loop), before the AII phase, which DSOL does not have; P^a from the audio net as it is then. The
+    AII's weights are left out (`aii_enabled: false`: F^a_n = f^a). The DSOL baseline's stage 2 starts from it
+    (docs/decisions.md, "The DSOL baseline")."""
+    audio = embed_split(model, train_dir, model_params, stage1_params.object_ratio, device,
+                        model_params.channels_last, with_images=False).audio
+    count = stage1_params.clusters
+    prototypes = audio_prototypes(audio, clusters.assignment, count, previous=clusters.prototypes)
+    cluster_classes = cluster_to_class(clusters.assignment.numpy(), np.array(train.classes))
+    return {"state_dict": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()
+                           if not name.startswith("aii.")},
+            "config": model_config(model_params, count, False, DEFAULT_NORMALISATION),
+            "visual_prototypes": clusters.visual_prototypes.cpu().clone(),
+            "audio_prototypes": prototypes.vectors.cpu(), "train_assignment": clusters.assignment.cpu().clone(),
+            "cluster_to_class": [cluster_classes.get(k, "") for k in range(count)]}
 
 
 def write_outputs(model: Stage1Model, clusters: Clusters, train, history: list[dict], features_dir: Path,

@@ -126,6 +126,13 @@ def _train_and_write(synth_dir: Path, paths: Stage2Paths, model_params: Model, c
     return report
 
 
+def dsol_cmr(cmr_params: Cmr) -> Cmr:
+    """The DSOL baseline's stage-2 settings (docs/decisions.md, "The DSOL baseline"): `cmr` with IEr's off-screen
+    filter off (every heard class counts in p^av, seen or not) and the map L^v_k . l(f^v, F^a_k), which on
+    DSOL's stage 1 (no AII: F^a_k = f^a) is DSOL's own: the class maps filtered by the audio-visual map."""
+    return dataclasses.replace(cmr_params, silent_filter=True, offscreen_filter=False)
+
+
 def stage2_fingerprint(synth_dir: Path, stage1_model: Path, model_params: Model, cmr_params: Cmr, seed: int) -> str:
     """What a checkpoint was trained with (stage-1 weights, data, params, the code stage 2 runs)."""
     return fingerprint({"seed": seed, "model": dataclasses.asdict(model_params), "cmr": dataclasses.asdict(cmr_params),

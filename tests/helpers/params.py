@@ -40,5 +40,6 @@ def tiny_pipeline_params() -> dict:
     params["stage1"].update(batch_size=8, av_epochs=2, class_epochs=1, clusters=6, eval_mixtures=12)
     params["aii"]["epochs"] = 2
     params["cmr"].update(epochs=1, batch_size=8)
+    params["oracle"].update(epochs=1, batch_size=8)
     params["evaluate"].update(batch_size=16, threshold_steps=10)
     return params
