@@ -164,6 +164,7 @@ class Pretrain:
     """Toy ImageNet: labelled stills of the toy glyphs that pretrain the visual trunk (pipeline/pretrain.py)."""
 
     classes: list[str] = knob()  # label set ([]: every glyph class of the toy world)
+    artwork: Literal["twemoji", "openmoji"]  # the stills' design (openmoji: the videos' own artwork)
     images_per_class: int = knob(lo=1)  # training stills per class
     val_images_per_class: int = knob(lo=1)  # held-out stills per class (the report's accuracy)
     object_scale: list[float] = knob(lo=0.02, hi=1.0)  # the glyph's longer side / image side, [min, max]

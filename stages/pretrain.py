@@ -1,7 +1,8 @@
 """Stage pretrain: toy ImageNet, the visual trunk trained on labelled stills of the toy glyphs.
 
 python -m stages.pretrain  ->  models/pretrain/visual.pt (the trunk's state dict, torchvision names; what
-                               model.visual_pretrained names), reports/pretrain.json (held-out accuracy)
+                               model.visual_pretrained names), reports/pretrain.json (held-out accuracies: on
+                               stills of pretrain.artwork and of the videos' artwork)
 
 One stage for every dataset role, as one set of ImageNet weights serves both of the paper's datasets.
 """
@@ -29,8 +30,10 @@ def main() -> None:
     except (ConfigError, StageError) as err:
         print(f"pretrain: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"pretrain: {len(report['classes'])} classes, {report['train_images']} training stills, held-out "
-          f"accuracy {report['accuracy']:.3f}; done in {time.perf_counter() - start:.1f} s", flush=True)
+    print(f"pretrain: {len(report['classes'])} classes, {report['train_images']} training stills "
+          f"({report['artwork']}), held-out accuracy {report['accuracy']:.3f}, on the videos' artwork "
+          f"({report['video_artwork']}) "
+          f"{report['accuracy_video_artwork']:.3f}; done in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
