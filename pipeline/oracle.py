@@ -153,7 +153,8 @@ def prepare_batch(batch: dict, labels: np.ndarray, class_count: int, waveforms: 
     log_mels, audio_targets = batch["logmel"], one_hot
     mixtures = round(oracle_params.mix_share * batch_size)
     if mixtures:
-        members = int(rng.integers(2, oracle_params.max_mix + 1))
+        # at most as many members as there are classes (a 2- or 3-class dataset with max_mix 4)
+        members = int(rng.integers(2, min(oracle_params.max_mix, class_count) + 1))
         plan = plan_mixtures(labels, mixtures, members, rng)
         log_mels = torch.cat([log_mels, mixture_logmels(waveforms, plan, logmel)])
         mixture_targets = F.one_hot(torch.from_numpy(labels[plan]), class_count).float().amax(dim=1)

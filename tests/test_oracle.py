@@ -23,11 +23,11 @@ COLOURS = [(230, 40, 40), (40, 200, 40), (40, 40, 230), (230, 230, 40)]
 FREQUENCIES = [300.0, 700.0, 1500.0, 3100.0]
 
 
-def make_split(folder: Path, clips_per_class: int, seed: int) -> None:
+def make_split(folder: Path, clips_per_class: int, seed: int, class_count: int = len(CLASSES)) -> None:
     """Each class a coloured square at a random place (its box in `objects`) and a tone of its own frequency."""
     rng = np.random.default_rng(seed)
     clips = []
-    for label, (colour, frequency) in enumerate(zip(COLOURS, FREQUENCIES)):
+    for label, (colour, frequency) in enumerate(zip(COLOURS[:class_count], FREQUENCIES[:class_count])):
         for clip in range(clips_per_class):
             pixels = rng.integers(0, 80, size=(3, SIDE, SIDE), dtype=np.uint8)
             x, y = rng.integers(0, SIDE - 24, size=2)
@@ -124,3 +124,16 @@ def test_box_targets_mark_the_positions_inside_the_box_of_the_clips_class():
     assert (flipped["x0"], flipped["x1"], flipped["y0"]) == (0.5, 1.0, 0.5)
     assert box_targets([[flipped]], np.array([1]), (3, 4, 4))[0, 1].tolist() == \
         [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+
+def test_mixtures_never_ask_for_more_classes_than_there_are(tmp_path):
+    """max_mix 4 on a two-class dataset: the mixtures have two members, no error."""
+    features = tmp_path / "features"
+    make_split(features / "train_single", 4, seed=1, class_count=2)
+    make_split(features / "val", 2, seed=2, class_count=2)
+    (features / "summary.json").write_text(json.dumps({"logmel": LOGMEL_SETTINGS}))
+    model, oracle = tiny_settings(epochs=1, visual_epochs=1, max_mix=4)
+    paths = OraclePaths(tmp_path / "oracle.pt", tmp_path / "oracle.json")
+    report = run_oracle(features, paths, model, oracle, seed=0)
+    assert report["classes"] == CLASSES[:2] and paths.model.is_file()
