@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchaudio
+from scipy.signal import lfilter
 
 from pipeline.stage import StageError
 
@@ -85,3 +86,20 @@ def mixture_logmels(waveforms: torch.Tensor, plan: np.ndarray, logmel: LogMel) -
     members_waveforms = waveforms[torch.from_numpy(plan)].float() / 32768.0  # (M, members, samples)
     with torch.no_grad():
         return logmel(members_waveforms.mean(dim=1))
+
+
+def no_source_logmels(count: int, samples: int, dbfs_range: tuple[float, float], logmel: LogMel,
+                      rng: np.random.Generator) -> torch.Tensor:
+    """The log-mels of `count` inputs in which nothing sounds: Gaussian noise coloured by a one-pole low-pass
+    (coefficient uniform in [0, 0.99): white to nearly brown), scaled to an RMS level uniform in `dbfs_range`
+    dBFS. Float waveforms, not int16: near -100 dBFS a quantised one would be digital silence.
+    -> (count, n_mels, n_frames)."""
+    if count == 0:
+        return torch.zeros(0, *logmel_shape_of(logmel, samples))
+    white = rng.standard_normal((count, samples))
+    pole = rng.uniform(0.0, 0.99, count)
+    coloured = np.stack([lfilter([1.0], [1.0, -coefficient], row) for coefficient, row in zip(pole, white)])
+    level = 10.0 ** (rng.uniform(*dbfs_range, count) / 20.0)
+    coloured *= (level / np.sqrt((coloured ** 2).mean(axis=1)))[:, None]
+    with torch.no_grad():
+        return logmel(torch.from_numpy(coloured).float())

@@ -230,6 +230,10 @@ class Aii:
     av_loss_weight: float = knob(lo=0.0)  # weight of Eq. 1 on the single clips during the AII phase
     # AII targets: other prototypes whose P^a lies this close to a member's are left out (1: none)
     sibling_cos: float = knob(lo=0.0, hi=1.0)
+    # weight of the zero-step target on single clips: their F^a_n = f^a, as at evaluation (0: steps on mixtures only)
+    single_step_weight: float = knob(lo=0.0)
+    no_source_share: float = knob(lo=0.0, hi=1.0)  # inputs without a source added per batch, share of its clips
+    no_source_dbfs: list[float] = knob(lo=-140.0, hi=0.0)  # [min, max] RMS level of those inputs, dBFS
 
 
 @dataclass(frozen=True)
@@ -388,6 +392,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: aii.min_mix: must be <= aii.max_mix ({params.aii.max_mix}), "
                           f"got {params.aii.min_mix}")
     _check_pair(params.pretrain.object_scale, f"{path}: pretrain.object_scale")
+    _check_pair(params.aii.no_source_dbfs, f"{path}: aii.no_source_dbfs")
     return params
 
 

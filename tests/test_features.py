@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from pipeline.arrays import array_column, array_field, array_layout, array_values, clip_schema, parquet_options
-from pipeline.audio import LogMel
+from pipeline.audio import LogMel, no_source_logmels
 from pipeline.config import load_params
 from pipeline.features import assign_splits, decode_first_frames, run_features, sample_rate_of_clips
 from pipeline.reader import ShardReader
@@ -413,3 +413,18 @@ def test_a_killed_stage_leaves_no_output_and_a_rerun_matches_an_uninterrupted_ru
 
     kill_midway(interrupted, stage_env)  # a killed rerun leaves the previous complete output as it was
     assert file_digests(output) == digests
+
+
+def test_no_source_inputs_lie_at_their_level_and_repeat_with_the_generator():
+    # The AII's no-source inputs (aii.no_source_share): noise at an RMS level inside the range, not silence, and
+    # the same draws from the same generator.
+    logmel = LogMel(sample_rate=16000, n_mels=64, f_max=8000.0, win_length=160, hop_length=80, n_fft=1024, top_db=80.0)
+    quiet = no_source_logmels(3, 16000, (-100.0, -100.0), logmel, np.random.default_rng(0))
+    loud = no_source_logmels(3, 16000, (-60.0, -60.0), logmel, np.random.default_rng(0))
+    silence = logmel(torch.zeros(1, 16000))
+    assert quiet.shape == (3, 64, 201) and no_source_logmels(0, 16000, (-90.0, -60.0), logmel,
+                                                             np.random.default_rng(0)).shape == (0, 64, 201)
+    # the same noise 40 dB louder reads 40 dB higher wherever it lies above the floor; silence is the floor
+    torch.testing.assert_close((loud - quiet).median(), torch.tensor(40.0), atol=0.5, rtol=0)
+    assert quiet.mean() > silence.mean() + 10
+    assert torch.equal(quiet, no_source_logmels(3, 16000, (-100.0, -100.0), logmel, np.random.default_rng(0)))

@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from pipeline.train.losses import (correspondence_loss, mixture_loss, multi_hot, pseudo_class_loss, sibling_prototypes,
-                                   single_source_loss)
+from pipeline.models.ier import prototype_similarity
+from pipeline.train.losses import (aii_loss, correspondence_loss, mixture_loss, multi_hot, pseudo_class_loss,
+                                   sibling_prototypes, single_source_loss, single_step_loss)
 
 LN = math.log
 
@@ -85,6 +86,43 @@ def test_mixture_loss_leaves_ignored_terms_out_of_the_mean():
                        mixture_loss(probabilities, member_labels))
     with pytest.raises(ValueError, match="ignore must have shape"):
         mixture_loss(probabilities, member_labels, ignore[:1])
+
+
+def test_empty_rows_target_every_prototype_zero():
+    # Inputs in which nothing sounds: the last rows, all -1, every target 0; only there may a row be empty.
+    probabilities = torch.tensor([[0.8, 0.3],
+                                  [0.1, 0.6]])
+    member_labels = torch.tensor([[0], [-1]])
+    expected = (-LN(0.8) - LN(0.7) - LN(0.9) - LN(0.4)) / 4
+    assert math.isclose(mixture_loss(probabilities, member_labels, empty_rows=1).item(), expected, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="at least one member"):
+        mixture_loss(probabilities, torch.tensor([[-1], [0]]), empty_rows=1)
+    with pytest.raises(ValueError, match="empty rows must have no member"):
+        mixture_loss(probabilities, torch.tensor([[0], [1]]), empty_rows=1)
+
+
+def test_aii_loss_gives_no_source_inputs_zero_targets_on_f_a_and_on_F_a():
+    # aii_loss with no-source inputs = the BCE of its singles and mixtures plus all-zero targets on both the
+    # no-source f^a (as Eq. 8) and their F^a (as Eq. 10), one mean over every term.
+    torch.manual_seed(0)
+    prototypes = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    single_audio, quiet_audio = torch.randn(2, 8), torch.randn(1, 8)
+    expanded = torch.randn(2, 3, 8)  # one mixture's F^a, then the no-source input's F^a
+    labels = torch.tensor([[0, -1], [1, -1], [0, 2]])  # two singles, one mixture
+    loss = aii_loss(prototypes, single_audio, expanded, labels, 0.1, 0.5, torch.eye(3), 1.0, quiet_audio)
+    similarity = torch.cat([prototype_similarity(prototypes, single_audio, 0.1, 0.5),
+                            prototype_similarity(prototypes, expanded[:1], 0.1, 0.5),
+                            prototype_similarity(prototypes, quiet_audio, 0.1, 0.5),
+                            prototype_similarity(prototypes, expanded[1:], 0.1, 0.5)])
+    targets = torch.tensor([[1., 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 0], [0, 0, 0]])
+    torch.testing.assert_close(loss, torch.nn.functional.binary_cross_entropy(similarity, targets))
+
+
+def test_single_step_loss_is_the_mean_squared_step():
+    audio = torch.nn.functional.normalize(torch.randn(2, 4), dim=1)
+    steps = torch.zeros(2, 3, 4)
+    steps[0, 1, 2] = 2.0  # one step of length 2 among 6
+    assert math.isclose(single_step_loss(audio[:, None] + steps, audio).item(), 4.0 / 6, rel_tol=1e-5)
 
 
 def test_mixture_loss_rejects_bad_labels():

@@ -16,11 +16,12 @@ import torch
 import yaml
 
 from pipeline.audio import LogMel, mixture_logmels
-from pipeline.config import Model, load_params
+from pipeline.config import Aii, Model, load_params
 from pipeline.models.files import load_trained
 from pipeline.models.ier import Stage1Model
 from pipeline.models.inputs import from_canvases, to_canvases
 from pipeline.runtime import Processes
+from pipeline.train.stage1 import set_trainable
 from pipeline.train.embed import Embeddings
 from pipeline.train.losses import multi_hot
 from pipeline.train.stage1_step import Collected, Trainer, aii_labels, aii_phase, av_phase, epoch_features, train_step
@@ -293,11 +294,59 @@ def test_audiovisual_clusters_keep_visual_prototypes_in_the_object_space(tmp_pat
     torch.testing.assert_close(saved["visual_prototypes"][used].norm(dim=1), torch.ones(len(used)))
 
 
+def aii_trainer(aii: Aii, seed: int = 0) -> tuple[Trainer, dict]:
+    """A tiny stage-1 model in its AII phase (8 clips, 4 pseudo-classes) and one batch of it."""
+    params = load_params(REPO / "params.yaml")
+    model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE, visual_pretrained="")
+    stage1_params = replace(params.stage1, canvas=2, batch_size=8, clusters=4)
+    torch.manual_seed(seed)
+    model = Stage1Model(model_params, clusters=4, aii_enabled=True)
+    set_trainable(model, "aii")
+    rng = np.random.default_rng(seed)
+    waveforms = torch.from_numpy(rng.integers(-8000, 8000, size=(8, SAMPLES), dtype=np.int16))
+    logmel = LogMel(**LOGMEL_SETTINGS)
+    batch = {"image": torch.from_numpy(rng.integers(0, 255, size=(8, 3, SIDE, SIDE), dtype=np.uint8)),
+             "logmel": logmel(waveforms), "index": torch.arange(8), "video_id": [f"v{row}" for row in range(8)]}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    return Trainer(model, model, optimizer, model_params, stage1_params, aii, torch.device("cpu"), False,
+                   waveforms, logmel), batch
+
+
+def test_single_clips_learn_to_take_no_distinguishing_step():
+    # aii.single_step_weight > 0: a single clip's F^a_n is pulled to its f^a. Steps set off zero shrink over steps
+    # on single clips alone (no mixtures, no no-source inputs), and the loss names the term.
+    params = load_params(REPO / "params.yaml")
+    trainer, batch = aii_trainer(replace(params.aii, single_step_weight=1.0, no_source_share=0.0))
+    torch.nn.init.normal_(trainer.model.aii.steps.weight, std=0.5)
+    phase = aii_phase(0.0, 2, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]),
+                      torch.nn.functional.normalize(torch.randn(4, 16)), torch.device("cpu"))
+    first = [train_step(trainer, phase, batch, np.random.default_rng(step))["single_step_loss"] for step in range(30)]
+    assert first[0] > 0.05 and first[-1] < 0.3 * first[0]
+
+
+def test_no_source_inputs_reach_the_aii_with_every_target_zero():
+    # aii.no_source_share > 0: noise near silence goes through the AII with all-zero targets, so the steps get a
+    # gradient even in a batch without mixtures; without them (and with the paper's loss) they get none.
+    params = load_params(REPO / "params.yaml")
+    gradients = {}
+    for share in (0.0, 0.25):
+        trainer, batch = aii_trainer(replace(params.aii, single_step_weight=0.0, no_source_share=share))
+        phase = aii_phase(0.0, 2, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]),
+                          torch.nn.functional.normalize(torch.randn(4, 16)), torch.device("cpu"))
+        losses = train_step(trainer, phase, batch, np.random.default_rng(1))
+        assert set(losses) == {"av_loss", "aii_loss"} and np.isfinite(losses["aii_loss"])
+        gradients[share] = trainer.model.aii.steps.weight.grad
+    assert gradients[0.0] is None or not gradients[0.0].any()
+    assert gradients[0.25] is not None and gradients[0.25].abs().sum() > 0
+
+
 @pytest.mark.parametrize("share", [0.0, 0.5])
 def test_single_clips_train_eq8_on_f_a_and_only_mixtures_reach_the_aii(share):
-    # Supplement Eq. 8 scores the plain f^a of a single clip; only Eq. 10's mixtures use the expanded F^a.
-    # So with no mixtures in the batch the distinguishing steps get no gradient, and with some they do.
+    # The paper's loss (aii.single_step_weight 0, no no-source inputs): supplement Eq. 8 scores the plain f^a of
+    # a single clip; only Eq. 10's mixtures use the expanded F^a. So with no mixtures in the batch the
+    # distinguishing steps get no gradient, and with some they do.
     params = load_params(REPO / "params.yaml")
+    params = replace(params, aii=replace(params.aii, single_step_weight=0.0, no_source_share=0.0))
     model_params = replace(params.model, width=4, dim=16, hidden=16, image_size=SIDE, visual_pretrained="")
     stage1_params = replace(params.stage1, canvas=2, batch_size=8, clusters=4)
     torch.manual_seed(0)

@@ -70,7 +70,7 @@ def multi_hot(member_labels: torch.Tensor, num_prototypes: int) -> torch.Tensor:
 
 
 def mixture_loss(probabilities: torch.Tensor, member_labels: torch.Tensor,
-                 ignore: torch.Tensor | None = None) -> torch.Tensor:
+                 ignore: torch.Tensor | None = None, empty_rows: int = 0) -> torch.Tensor:
     """Eq. 2 / supplement Eq. 10: mean over n of BCE(sim(P^a_n, F^a_n), Y^n) on mixtures,
     Y the multi-hot label of the mixture members (sum of their one-hots, clipped to 1).
 
@@ -78,13 +78,18 @@ def mixture_loss(probabilities: torch.Tensor, member_labels: torch.Tensor,
     (B, M) pseudo-class ids of each mixture's members, -1 where a mixture has fewer than M members.
     A row with one member and padding is a single-source sample (this is then Eq. 8), so a batch
     that holds both single clips and mixtures takes one call. `ignore` (B, K) bool leaves those
-    terms out of the mean (`sibling_prototypes`).
+    terms out of the mean (`sibling_prototypes`). The last `empty_rows` rows are inputs in which nothing
+    sounds: all -1, every target 0; elsewhere a row of all -1 is an error.
     """
     batch, num_prototypes = probabilities.shape
     if member_labels.dim() != 2 or member_labels.shape[0] != batch:
         raise ValueError(f"member_labels must have shape ({batch}, M), got {tuple(member_labels.shape)}")
-    if (member_labels.max(dim=1).values < 0).any():
+    if not 0 <= empty_rows <= batch:
+        raise ValueError(f"empty_rows must lie in [0, {batch}], got {empty_rows}")
+    if (member_labels[:batch - empty_rows].max(dim=1).values < 0).any():
         raise ValueError("every mixture needs at least one member label (a row is all -1)")
+    if (member_labels[batch - empty_rows:] >= 0).any():
+        raise ValueError("the empty rows must have no member label (all -1)")
     targets = multi_hot(member_labels, num_prototypes)
     if ignore is None:
         return _bce(probabilities, targets)
@@ -158,13 +163,32 @@ def class_loss(objects: torch.Tensor, audio: torch.Tensor, visual_prototypes: to
 
 
 def aii_loss(prototypes: torch.Tensor, single_audio: torch.Tensor, expanded: torch.Tensor, labels: torch.Tensor,
-             temperature: float, center: float, prototype_cosines: torch.Tensor, sibling_cos: float) -> torch.Tensor:
+             temperature: float, center: float, prototype_cosines: torch.Tensor, sibling_cos: float,
+             no_source_audio: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 8 on the single clips' f^a (every prototype sees the same f^a) and Eq. 10 on the mixtures' expanded
-    F^a, in one BCE: the distinguishing steps learn only from mixtures (docs/decisions.md, "Eq. 8 on f^a").
-    labels (singles + mixtures, M) from `aii_labels`; prototypes with a cosine above `sibling_cos` to a
-    member's are left out (1.0: the paper's loss, bit for bit)."""
-    singles = len(single_audio)
+    F^a, in one BCE (docs/decisions.md, "Eq. 8 on f^a"). labels (singles + mixtures, M) from `aii_labels`;
+    prototypes with a cosine above `sibling_cos` to a member's are left out (1.0: the paper's loss, bit for bit).
+
+    `no_source_audio` (Q, D): the f^a of Q inputs in which nothing sounds; their F^a are then the last Q rows of
+    `expanded` (mixtures + Q rows), and both their f^a (Eq. 8) and their F^a (Eq. 10) get every target 0
+    (docs/decisions.md, "The AII also learns where it must not step")."""
+    singles, quiet = len(single_audio), 0 if no_source_audio is None else len(no_source_audio)
+    audio = [single_audio] + ([no_source_audio] if quiet else [])
+    single_like = torch.cat(audio)
     similarity = prototype_similarity(prototypes, torch.cat([
-        single_audio[:, None, :].expand(singles, *prototypes.shape), expanded]), temperature, center)
+        single_like[:, None, :].expand(len(single_like), *prototypes.shape), expanded]), temperature, center)
+    if quiet:  # rows: singles, no-source f^a, mixtures, no-source F^a; the empty rows go last
+        similarity = torch.cat([similarity[:singles], similarity[singles + quiet:],
+                                similarity[singles:singles + quiet]])
+        padding = torch.full((quiet, labels.shape[1]), -1, dtype=labels.dtype, device=labels.device)
+        labels = torch.cat([labels, padding, padding])
     ignore = sibling_prototypes(labels, prototype_cosines, sibling_cos) if sibling_cos < 1.0 else None
-    return mixture_loss(similarity, labels, ignore)
+    return mixture_loss(similarity, labels, ignore, empty_rows=2 * quiet)
+
+
+def single_step_loss(expanded: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """The mean squared length of a single clip's distinguishing steps, ||F^a_n - f^a||^2 = ||Delta^n||^2 over
+    clips and prototypes: a single clip's F^a should be its f^a, which Eq. 8 has already placed by its class
+    (docs/decisions.md, "The AII also learns where it must not step"). expanded (B, K, D); audio f^a (B, D)."""
+    with torch.autocast(device_type=expanded.device.type, enabled=False):
+        return (expanded.float() - audio.float()[:, None, :]).pow(2).sum(dim=-1).mean()

@@ -16,7 +16,8 @@ Three phases of epochs, one epoch counter (`schedule`; the steps: pipeline/train
    and the clusters sharpen each other (DeepCluster's loop).
 3. AII, `aii.epochs` epochs: every epoch recomputes the audio prototypes P^a (mean f^a per pseudo-class);
    a batch holds single clips (Eq. 8) and mixtures of clips of different pseudo-classes (Eq. 2 / 10),
-   their share and size following the curriculum. The visual side is frozen as clustering saw it.
+   their share and size following the curriculum, and inputs in which nothing sounds; single clips learn to take
+   no distinguishing step. The visual side is frozen as clustering saw it.
 
 Randomness: the model is initialised from torch.manual_seed(seed); the reader's order from (seed, epoch);
 flips, crops and mixture plans from numpy generators seeded with (seed, epoch, rank). Nothing random is
@@ -217,11 +218,11 @@ def make_phase(name: str, epoch: int, clusters: Clusters, stage1_params: Stage1,
 def run_epoch(trainer: Trainer, phase: Phase, loader, steps: int, rng: np.random.Generator,
               collected: Collected | None, description: str, main: bool) -> dict[str, float]:
     """`steps` training steps; the sum of each loss term over them."""
-    sums = dict.fromkeys(["av_loss"] + {"class": ["class_loss"], "aii": ["aii_loss"]}.get(phase.name, []), 0.0)
+    sums: dict[str, float] = {}
     batches = iter(loader)
     for _ in progress(range(steps), desc=description, disable=not main):
         for name, value in train_step(trainer, phase, next(batches), rng, collected).items():
-            sums[name] += value
+            sums[name] = sums.get(name, 0.0) + value
     del batches  # a rank with a batch to spare leaves it unread
     return sums
 

@@ -6,7 +6,9 @@ Phases (pipeline/train/stage1.py runs them in this order):
   (DSOL's localization-classification alternation), weighted by `stage1.class_weight`.
 - `aii`: the batch's first (1 - share) clips stay single (Eq. 8), and `share` of its size are replaced by
   mixtures of `mixture_members` clips of different pseudo-classes drawn from the whole split (Eq. 2 / 10);
-  Eq. 1 keeps training on the single clips, weighted by `aii.av_loss_weight`.
+  `aii.no_source_share` of its size more are inputs in which nothing sounds (every target 0); every single clip's
+  steps are pulled to zero (`aii.single_step_weight`); Eq. 1 keeps training on the single clips, weighted by
+  `aii.av_loss_weight`.
 """
 from __future__ import annotations
 
@@ -18,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.audio import LogMel, mixture_logmels
+from pipeline.audio import LogMel, mixture_logmels, no_source_logmels
 from pipeline.config import Aii, Model, Stage1
 from pipeline.models.ier import Stage1Model, localization_map, pool_object_features
 from pipeline.models.inputs import from_canvases, prepare_images, prepare_logmel, to_canvases
 from pipeline.runtime import Processes, autocast, sum_over_ranks
 from pipeline.train.curriculum import plan_mixtures
 from pipeline.train.embed import Embeddings
-from pipeline.train.losses import aii_loss, av_loss, class_loss
+from pipeline.train.losses import aii_loss, av_loss, class_loss, single_step_loss
 
 
 class Phase(NamedTuple):
@@ -107,13 +109,20 @@ def train_step(trainer: Trainer, phase: Phase, batch: dict, rng: np.random.Gener
                             params.crop_scale, rng)
     if params.canvas > 1:
         images = to_canvases(images, params.canvas)
-    audio_input, aii_rows, plan, mixtures = batch["logmel"], None, None, 0
+    audio_input, aii_rows, plan, mixtures, no_source, first_stepped = batch["logmel"], None, None, 0, 0, batch_size
     if phase.name == "aii":
+        aii = trainer.aii_params
         mixtures = round(phase.share * batch_size)
         plan = plan_mixtures(phase.assignment.numpy(), mixtures, phase.mixture_members, rng)
         mixed = mixture_logmels(trainer.train_waveforms, plan, trainer.logmel) if mixtures else audio_input[:0]
-        audio_input = torch.cat([audio_input, mixed.to(audio_input.device)])
-        aii_rows = torch.arange(batch_size, batch_size + mixtures, device=device)  # the mixtures' F^a
+        no_source = round(aii.no_source_share * batch_size)
+        quiet = (no_source_logmels(no_source, trainer.train_waveforms.shape[1], aii.no_source_dbfs, trainer.logmel,
+                                   rng) if no_source else audio_input[:0])
+        audio_input = torch.cat([audio_input, mixed.to(audio_input.device), quiet.to(audio_input.device)])
+        # Rows through the AII: the mixtures and the no-source inputs; the single clips too when they learn to
+        # take no step (aii.single_step_weight > 0).
+        first_stepped = 0 if aii.single_step_weight > 0 else batch_size
+        aii_rows = torch.arange(first_stepped, batch_size + mixtures + no_source, device=device)
     log_mels = prepare_logmel(audio_input, device, channels_last)
     with autocast(device):
         visual, audio, expanded = trainer.forward(images, log_mels, aii_rows)
@@ -142,11 +151,15 @@ def train_step(trainer: Trainer, phase: Phase, batch: dict, rng: np.random.Gener
     if phase.name == "aii":
         singles = batch_size - mixtures
         labels = aii_labels(phase.assignment, batch["index"][:singles], plan).to(device)
-        losses["aii_loss"] = aii_loss(phase.prototypes, audio.embedding[:singles], expanded, labels,
+        mixed_rows = slice(batch_size - first_stepped, None)  # the mixtures' and the no-source inputs' F^a
+        losses["aii_loss"] = aii_loss(phase.prototypes, audio.embedding[:singles], expanded[mixed_rows], labels,
                                       trainer.model_params.similarity_temperature,
                                       trainer.model_params.similarity_center, phase.prototype_cosines,
-                                      trainer.aii_params.sibling_cos)
-        loss = trainer.aii_params.av_loss_weight * losses["av_loss"] + losses["aii_loss"]
+                                      aii.sibling_cos, audio.embedding[batch_size + mixtures:])
+        loss = aii.av_loss_weight * losses["av_loss"] + losses["aii_loss"]
+        if first_stepped == 0:
+            losses["single_step_loss"] = single_step_loss(expanded[:batch_size], own_audio)
+            loss = loss + aii.single_step_weight * losses["single_step_loss"]
 
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
