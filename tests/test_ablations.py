@@ -82,7 +82,9 @@ def test_every_preset_of_the_repo_loads_against_its_params():
         "un-4-4-3": ("(4, 4, 3)", ("synth.un.sounding=4", "synth.un.silent=4", "synth.un.offscreen=3"), LEVELS, 11),
         "from-scratch": ("from scratch (no pretrained visual trunk)",
                          ("model.visual_pretrained=''", "stage1.av_epochs=30", "stage1.class_epochs=20",
-                          "aii.epochs=10", "aii.sibling_cos=0.9"), VARIANTS, 0)}
+                          "aii.epochs=10", "aii.sibling_cos=0.9"), VARIANTS, 0),
+        "paper-aii-loss": ("paper's AII loss (steps on mixtures only)",
+                           ("aii.single_step_weight=0.0", "aii.no_source_share=0.0"), VARIANTS, 0)}
     assert [ablation.name for ablation in loaded] == sorted(ablation.name for ablation in loaded)  # file-name order
     for path in sorted(PRESETS.glob("*.yaml")):  # every line says why: the file's head, and each override
         lines = path.read_text().splitlines()
@@ -285,7 +287,8 @@ def test_named_variants_have_their_own_table_per_dataset_and_are_paired():
     found = tables(ablations_markdown(baseline, {"from-scratch": scratch, "no-aii": make_run("no-aii", 0.3)},
                                       samples=lambda rev, dataset: samples.get(rev) if dataset == "music" else None))
     music, vggsound = found["Named variants: music"], found["Named variants: vggsound"]
-    assert [row["variant"] for row in music] == ["IEr (full)", "from scratch (no pretrained visual trunk)"]
+    assert [row["variant"] for row in music] == ["IEr (full)", "from scratch (no pretrained visual trunk)",
+                                                 "paper's AII loss (steps on mixtures only)"]  # the last not run
     variant = row_of(music, "from scratch (no pretrained visual trunk)")
     assert (variant["experiment"], variant["Synthetic CIoU@0.3"], variant["Stage 1 NMI"]) == (
         "`from-scratch`", "21.0", "27.0")  # the same columns as Tables 3, 4 and 7
@@ -457,7 +460,7 @@ def test_ablation_command_names_the_known_presets_for_an_unknown_one(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "ablations: error: --only: unknown ablation from-scratc (have from-scratch, no-aii, no-cmr, "
-        "no-offscreen-filter, no-silent-filter, un-3-3-2, un-4-4-3: presets/NAME.yaml)"]
+        "no-offscreen-filter, no-silent-filter, paper-aii-loss, un-3-3-2, un-4-4-3: presets/NAME.yaml)"]
 
 
 # --------------------------------------------------------------------------- the DVC queue, on a one-stage pipeline

@@ -8,7 +8,7 @@ import torch
 
 from pipeline.models.ier import (AudioEncoder, AudioInstanceIdentifier, CorrespondenceHead, VisualEncoder,
                                  localization_map, localization_map_pairs, pool_object_features, prototype_similarity)
-from pipeline.models.nets import audio_trunk, load_pretrained, visual_trunk
+from pipeline.models.nets import ShortcutConv, audio_trunk, load_pretrained, visual_trunk
 from pipeline.stage import StageError
 from pipeline.train.losses import correspondence_loss, mixture_loss
 
@@ -202,3 +202,25 @@ def test_visual_encoder_loads_pretrained_trunk_from_path(tmp_path):
     torch.save(donor.state_dict(), path)
     encoder = VisualEncoder(width=4, pretrained=path)
     assert torch.equal(encoder.trunk.conv1.weight, donor.conv1.weight)
+
+
+def test_strided_shortcut_of_few_channels_matches_the_contiguous_convolution():
+    # oneDNN's strided 1x1 weight gradient with fewer than 16 input channels writes past its workspace (a width-4
+    # audio trunk with 13 log-mels crashed the process); ShortcutConv computes the same convolution another way
+    # there, and its values and gradients match torch's own (non-oneDNN) convolution.
+    torch.manual_seed(0)
+    shortcut = ShortcutConv(8, 16, 1, 2, bias=False).to(memory_format=torch.channels_last)
+    images = torch.randn(13, 8, 8, 26)
+    output = shortcut(images.contiguous(memory_format=torch.channels_last).requires_grad_())
+    output.square().sum().backward()
+    reference_weight = shortcut.weight.detach().contiguous().requires_grad_()
+    reference_images = images.clone().requires_grad_()
+    with torch.backends.mkldnn.flags(enabled=False):  # torch's own kernel: oneDNN's crashes here in NCHW too
+        reference = torch.nn.functional.conv2d(reference_images, reference_weight, None, 2)
+        reference.square().sum().backward()
+    torch.testing.assert_close(output, reference)
+    torch.testing.assert_close(shortcut.weight.grad, reference_weight.grad, rtol=1e-5, atol=1e-4)  # summation order
+    # from 16 channels on it is the stock convolution, so trained weights and their numbers stay as they were
+    wide = ShortcutConv(16, 32, 1, 2, bias=False)
+    probe = torch.randn(2, 16, 8, 8)
+    assert torch.equal(wide(probe), torch.nn.Conv2d.forward(wide, probe))

@@ -22,6 +22,24 @@ from torch import nn
 from pipeline.stage import StageError
 
 
+class ShortcutConv(nn.Conv2d):
+    """The shortcut's 1x1 convolution (`nn.Conv2d`, so its weights keep torchvision's names).
+
+    With a stride and fewer than 16 input channels on the CPU it runs as a subsample then a stride-1 1x1
+    convolution, which is the same convolution: oneDNN's strided 1x1 weight gradient with fewer input channels
+    than its block (8 or 16) writes past its workspace, NCHW or channels_last (uxlfoundation/oneDNN#6035: wrong
+    weight gradients, and a crashed or corrupted process at some batch sizes, e.g. width 4 with 13 log-mels).
+    From 16 channels on, every default width included, the stock kernel runs, so no default number changes.
+    """
+
+    SAFE_CHANNELS = 16  # oneDNN's f32 input-channel block is at most this wide on x64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda or self.stride == (1, 1) or self.in_channels >= self.SAFE_CHANNELS:
+            return super().forward(x)
+        return F.conv2d(x[:, :, ::self.stride[0], ::self.stride[1]], self.weight, self.bias)
+
+
 class BasicBlock(nn.Module):
     """The ResNet basic block: two 3x3 convs and a shortcut (a 1x1 conv when the shape changes)."""
 
@@ -34,7 +52,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+            self.downsample = nn.Sequential(ShortcutConv(in_channels, out_channels, 1, stride, bias=False),
                                             nn.BatchNorm2d(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
