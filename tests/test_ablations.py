@@ -352,7 +352,8 @@ def test_select_and_overrides_name_what_is_wrong():
     with pytest.raises(AblationError, match="unknown ablation no-such") as raised:
         select("no-cmr,no-such")
     assert str(raised.value) == ("--only: unknown ablation no-such (have from-scratch, no-aii, no-cmr, "
-                                 "no-offscreen-filter, no-silent-filter, paper-aii-loss, un-3-3-2, un-4-4-3: presets/NAME.yaml)")
+                                 "no-offscreen-filter, no-silent-filter, paper-aii-loss, un-3-3-2, un-4-4-3: "
+                                 "presets/NAME.yaml)")
     params = load_repo_params()
     check_overrides(list(ABLATIONS), params)  # every override of the real list names a real key
     del params["cmr"]["silent_filter"]
