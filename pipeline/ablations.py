@@ -19,7 +19,9 @@ is not a single value of params.yaml, or a value that params.yaml's validation (
 DVC has written it there. Each override becomes one `-S KEY=VALUE` of `dvc exp run`, VALUE in the Hydra override
 grammar DVC parses (`render`); the check applies those arguments with DVC's own code to a copy of params.yaml and
 reads them back, so a value that would not reach the stage as written fails here instead. A Table 9 level needs
-as many distinct classes as its Unconstrained mosaic holds objects (sounding + silent + off-screen).
+as many distinct classes as its Unconstrained mosaic holds objects (sounding + silent + off-screen): it runs for the
+toy roles that have them (its experiment reproduces only their `evaluate@<ds>` and what that needs), and its cells
+of the other roles say why they are empty.
 
 1. Queue one DVC experiment per selected preset (default: the components and levels, the paper's ablations) on
    the committed workspace (HEAD): `dvc exp run --queue -n NAME -S KEY=VALUE ...`; an older experiment of the
@@ -27,7 +29,7 @@ as many distinct classes as its Unconstrained mosaic holds objects (sounding + s
 2. Run the queue, one experiment at a time (`dvc exp run --run-all`).
 3. Read every experiment of HEAD from `dvc exp show --json` and write `reports/ablations.md`: Tables 3/4/7
    (IEr, w/o AII, w/o CMR, w/o each filter) per dataset role, Table 9 (the Unconstrained set's interference
-   levels, IEr and AVOL) and the named variants per dataset role. The full IEr row is HEAD's committed
+   levels, IEr, DSOL and AVOL) and the named variants per dataset role. The full IEr row is HEAD's committed
    metrics. Then each component and variant paired with IEr mosaic by mosaic (their `samples.csv` in git):
    which differences exceed the test sets' noise.
 4. Rebuild `reports/index.html` through DVC (`dvc repro --single-item --force report`), so that the page
@@ -233,7 +235,8 @@ COMPONENT_COLUMNS = tuple(
     [(group, key, f"{SET_TITLES[group]} {title}") for group in ("syn", "un", "duet")
      for key, title in (*CLASS_AWARE_METRICS, ("nsa", "NSA"))]
     + [("stage1", key, f"Stage 1 {title}") for key, title in STAGE1_METRICS])
-LEVEL_COLUMNS = (("ier", "IEr"), ("avol", "AVOL"))  # methods of Table 9, each with CLASS_AWARE_METRICS on `un`
+# methods of Table 9, each with CLASS_AWARE_METRICS on `un`
+LEVEL_COLUMNS = (("ier", "IEr"), ("dsol", "DSOL"), ("avol", "AVOL"))
 PAIRED_SETS = ("syn", "un", "duet")  # the class-aware sets whose samples.csv rows are paired
 BOOTSTRAP_DRAWS = 2000  # resamples of the mosaics for the NSA difference's 95 % interval
 
@@ -297,9 +300,13 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def experiment_cell(ablation: Ablation, run: Run | None, skipped: dict[str, str]) -> str:
-    """The experiment's name, and why its row is empty when it is."""
-    why = skipped.get(ablation.name) or ("not run" if run is None else None if run.state == "success" else run.state)
+def experiment_cell(ablation: Ablation, run: Run | None, skipped: dict[str, dict[str, str]]) -> str:
+    """The experiment's name, and why its row, or a dataset role's part of it, is empty."""
+    short = skipped.get(ablation.name) or {}
+    why = "not run" if run is None else None if run.state == "success" else run.state
+    if short:
+        why = "; ".join([*([why] if why and why != "not run" else []), *(f"{dataset}: {reason}"
+                                                                         for dataset, reason in short.items())])
     return f"`{ablation.name}`" + (f" ({why})" if why else "")
 
 
@@ -322,20 +329,22 @@ def level_label(params: dict) -> str:
     return f"({un.get('sounding', '?')}, {un.get('silent', '?')}, {un.get('offscreen', '?')})"
 
 
-def level_table(datasets: list[str], baseline: Run, experiments: dict[str, Run], skipped: dict[str, str],
+def level_table(datasets: list[str], baseline: Run, experiments: dict[str, Run], skipped: dict[str, dict[str, str]],
                 ablations: tuple[Ablation, ...] | None = None) -> list[str]:
-    """Table 9: CIoU@0.3 and AUC on the Unconstrained set of IEr and AVOL, one row per interference level."""
-    rows = [(level_label(baseline.params), "HEAD", baseline)] + [
+    """Table 9: CIoU@0.3 and AUC on the Unconstrained set of IEr, DSOL and AVOL, one row per interference level;
+    a dataset role the level did not run for (`skipped`: name -> role -> why) has empty cells."""
+    rows = [(level_label(baseline.params), "HEAD", baseline, set())] + [
         (ablation.label, experiment_cell(ablation, experiments.get(ablation.name), skipped),
-         experiments.get(ablation.name))
+         experiments.get(ablation.name), set(skipped.get(ablation.name) or {}))
         for ablation in (registry() if ablations is None else ablations) if ablation.table == LEVELS]
     head = ["(sounding, silent, off-screen)", "experiment"] + [
         f"{dataset} {method_title} {title}" for dataset in datasets for _, method_title in LEVEL_COLUMNS
         for _, title in CLASS_AWARE_METRICS]
     body = []
-    for label, experiment, run in rows:
+    for label, experiment, run, short in rows:
         metrics = run.metrics if run and run.state == "success" else {}
         body.append([label, experiment] + [
+            MISSING if dataset in short else
             cell(value_at(metrics, dataset, "un", key) if method == "ier"
                  else value_at(metrics, dataset, "baselines", method, "un", key))
             for dataset in datasets for method, _ in LEVEL_COLUMNS for key, _ in CLASS_AWARE_METRICS])
@@ -406,15 +415,15 @@ def paired_table(datasets: list[str], baseline: Run, experiments: dict[str, Run]
 PAPER = {COMPONENTS: "Tables 3, 4, 7", LEVELS: "Table 9", VARIANTS: "named variant"}  # the overrides' last column
 
 
-def ablations_markdown(baseline: Run, experiments: dict[str, Run], skipped: dict[str, str] | None = None,
+def ablations_markdown(baseline: Run, experiments: dict[str, Run], skipped: dict[str, dict[str, str]] | None = None,
                        samples: SamplesReader | None = None, ablations: tuple[Ablation, ...] | None = None) -> str:
     """reports/ablations.md: how each row was made, then Tables 3/4/7 per dataset role, Table 9, the named
     variants per dataset role (when there are any), and (with `samples`) each variant paired with full IEr
     mosaic by mosaic.
 
     `experiments`: runs by experiment name (an ablation without one, or whose run failed, prints as –);
-    `skipped`: ablation name -> why it cannot run; `samples`: reads a run's samples.csv; `ablations`: the rows
-    (default: presets/).
+    `skipped`: ablation name -> dataset role -> why it cannot run there; `samples`: reads a run's samples.csv;
+    `ablations`: the rows (default: presets/).
     """
     ablations = registry() if ablations is None else tuple(ablations)
     skipped = skipped or {}
@@ -507,17 +516,31 @@ def check_overrides(ablations: list[Ablation], params: dict) -> None:
                 raise AblationError(f"{ablation.name}: {key} is not a key of params.yaml")
 
 
-def unrunnable(ablations: list[Ablation], params: dict) -> dict[str, str]:
-    """Name -> why, for interference levels that need more distinct classes than a toy dataset role has."""
+def unrunnable(ablations: list[Ablation], params: dict) -> dict[str, dict[str, str]]:
+    """Name -> dataset role -> why, for interference levels that need more distinct classes than a toy role has."""
     toy_classes = {dataset: len(value_at(settings, "toy", "classes") or [])
                    for dataset, settings in (params.get("datasets") or {}).items() if settings.get("source") == "toy"}
     why = {}
     for ablation in ablations:
-        short = [f"datasets.{dataset}.toy.classes has {count}" for dataset, count in toy_classes.items()
-                 if count < ablation.classes_needed]
+        short = {dataset: f"not run: needs {ablation.classes_needed} distinct classes, "
+                          f"datasets.{dataset}.toy.classes has {count}"
+                 for dataset, count in toy_classes.items() if count < ablation.classes_needed}
         if short:
-            why[ablation.name] = f"not run: needs {ablation.classes_needed} distinct classes, {', '.join(short)}"
+            why[ablation.name] = short
     return why
+
+
+def queue_targets(ablations: list[Ablation], skipped: dict[str, dict[str, str]],
+                  datasets: list[str]) -> dict[str, list[str]]:
+    """Name -> the `dvc exp run` targets of each ablation that runs for some dataset roles only (`evaluate@<ds>` of
+    the others, with what it needs); [] where every role runs (the whole pipeline). Ablations that run for no
+    role are left out."""
+    targets = {}
+    for ablation in ablations:
+        runnable = [dataset for dataset in datasets if dataset not in skipped.get(ablation.name, {})]
+        if runnable:
+            targets[ablation.name] = [] if len(runnable) == len(datasets) else [f"evaluate@{d}" for d in runnable]
+    return targets
 
 
 def check_committed(repo: Path, own_outputs: set[str] = OWN_OUTPUTS) -> None:
@@ -535,8 +558,9 @@ def check_committed(repo: Path, own_outputs: set[str] = OWN_OUTPUTS) -> None:
                             "experiments and the full IEr row (HEAD) share one baseline")
 
 
-def run_experiments(repo: Path, ablations: list[Ablation]) -> list[str]:
-    """Queue one experiment per ablation (replacing any of the same name) and run the queue; return what failed."""
+def run_experiments(repo: Path, ablations: list[Ablation], targets: dict[str, list[str]] | None = None) -> list[str]:
+    """Queue one experiment per ablation (replacing any of the same name; `targets`: name -> its `dvc exp run`
+    targets, none = the whole pipeline) and run the queue; return what failed."""
     if shutil.which("dvc") is None:
         raise AblationError("`dvc` is not on PATH (the queue's workers run it): activate .venv or use make")
     _, experiments = exp_show(repo)
@@ -549,7 +573,8 @@ def run_experiments(repo: Path, ablations: list[Ablation]) -> list[str]:
         dvc(repo, "exp", "remove", *stale)
     for ablation in ablations:
         dvc(repo, "exp", "run", "--queue", "-n", ablation.name,
-            *[argument for override in ablation.overrides for argument in ("-S", override)])
+            *[argument for override in ablation.overrides for argument in ("-S", override)],
+            *(targets or {}).get(ablation.name, []))
     # One worker: a job at a time. `--run-all` follows the logs and exits 0 even when one fails: checked below.
     dvc(repo, "exp", "run", "--run-all", "--jobs", "1", capture=False)
     _, experiments = exp_show(repo)
@@ -584,10 +609,12 @@ def run_ablations(repo: Path, ablations: list[Ablation], run: bool = True,
     failed = []
     if run:
         check_committed(repo)
-        for name, why in skipped.items():
+        for name, short in skipped.items():
             if any(ablation.name == name for ablation in ablations):
-                print(f"ablations: {name}: {why}", flush=True)
-        failed = run_experiments(repo, [ablation for ablation in ablations if ablation.name not in skipped])
+                for dataset, why in short.items():
+                    print(f"ablations: {name}: {dataset}: {why}", flush=True)
+        targets = queue_targets(ablations, skipped, list(params.get("datasets") or {}))
+        failed = run_experiments(repo, [ablation for ablation in ablations if ablation.name in targets], targets)
     baseline, experiments = exp_show(repo)
     if not baseline.metrics:
         raise AblationError(f"commit {baseline.rev[:7]} has no reports/<ds>/metrics.json: run and commit the "

@@ -31,9 +31,12 @@ class LogMel(torch.nn.Module):
         super().__init__()
         self.settings = dict(sample_rate=sample_rate, n_mels=n_mels, f_max=f_max, win_length=win_length,
                              hop_length=hop_length, n_fft=n_fft, top_db=top_db)
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length,
-            f_min=0.0, f_max=f_max, n_mels=n_mels, power=2.0)
+        # the complex STFT; its power is taken below as re^2 + im^2, which costs half of torchaudio's
+        # |X|.pow(2) (a hypot, then a square) and differs from it by rounding only
+        self.spectrogram = torchaudio.transforms.Spectrogram(
+            n_fft=n_fft, win_length=win_length, hop_length=hop_length, power=None)
+        self.mel_scale = torchaudio.transforms.MelScale(
+            n_mels=n_mels, sample_rate=sample_rate, f_min=0.0, f_max=f_max, n_stft=n_fft // 2 + 1)
         self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=top_db)
 
     def forward(self, waveform: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -43,7 +46,8 @@ class LogMel(torch.nn.Module):
         squeeze = waveform.dim() == 1
         if squeeze:
             waveform = waveform[None]
-        power = self.mel(waveform.float())
+        spectrum = self.spectrogram(waveform.float())
+        power = self.mel_scale(spectrum.real.square() + spectrum.imag.square())
         # AmplitudeToDB's top_db clamps against the max of each (channel, freq, time) block:
         # a channel axis of 1 makes that block one clip, so a clip's floor ignores its batch.
         log_mel = self.to_db(power[:, None])[:, 0]

@@ -194,6 +194,7 @@ class Model:
     similarity_temperature: float = knob(lo=1e-4)  # prototype similarity: sigmoid((cos - center) / temperature)
     similarity_center: float = knob(lo=-1.0, hi=1.0)  # the cosine that reads as probability 0.5
     channels_last: bool = knob()  # channels_last memory format for training, on CUDA and on the CPU
+    cpu_precision: Literal["auto", "bf16", "fp32"]  # CPU autocast: auto = bf16 where the CPU has it natively
 
 
 @dataclass(frozen=True)

@@ -336,7 +336,7 @@ def run_set(eval_set: EvalSet, models: dict[str, Trained | TrainedOracle], class
         rows = slice(start, start + batch_size)
         images = prepare_images(eval_set.images[rows], eval_set.images.shape[-1], device, False,
                                 normalisation=normalisation)
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad(), autocast(device, model_params.cpu_precision):
             visuals = {method: trained.model.visual(images).embedding for method, trained in models.items()}
             for condition in CONDITIONS:
                 log_mels = prepare_logmel(audio_of[condition][rows], device, False, normalisation)

@@ -109,7 +109,7 @@ def train_epoch(model: OracleModel, optimizer: torch.optim.Optimizer, reader: Sh
     for batch in progress(reader, desc=description):
         prepared = prepare_batch(batch, labels, class_count, waveforms, logmel, model_params, oracle_params, device,
                                  rng, with_images)
-        with autocast(device):
+        with autocast(device, model_params.cpu_precision):
             losses = {"audio_loss": F.binary_cross_entropy_with_logits(model.heard_logits(prepared.log_mels),
                                                                        prepared.audio_targets)}
             if with_images:
@@ -194,7 +194,7 @@ def val_accuracy(model: OracleModel, folder: Path, classes: list[str], model_par
     audio_hits = visual_hits = total = 0
     for batch in reader:
         truth = torch.tensor([classes.index(labels[0]) if labels[0] in classes else -1 for labels in batch["labels"]])
-        with autocast(device):
+        with autocast(device, model_params.cpu_precision):
             images = prepare_images(batch["image"], model_params.image_size, device, model_params.channels_last)
             visual = model.class_logits(images).flatten(2).amax(dim=2).argmax(dim=1).cpu()
             audio = model.heard_logits(prepare_logmel(batch["logmel"], device, model_params.channels_last))

@@ -44,9 +44,21 @@ def make_optimizer(parameters, lr: float, weight_decay: float) -> torch.optim.Ad
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA; off on CPU (fp32 there, and deterministic)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def native_cpu_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX): there oneDNN runs bf16 convolutions
+    natively, elsewhere it emulates them, slower than fp32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def autocast(device: torch.device, cpu_precision: str = "fp32") -> torch.autocast:
+    """bf16 autocast on CUDA. On the CPU as `cpu_precision` (`model.cpu_precision`) says: bf16, fp32, or auto
+    (bf16 where the CPU has it natively). Both are deterministic on the CPU; they give different numbers
+    (docs/decisions.md#bf16-on-cpus-that-have-it)."""
+    if device.type == "cpu":
+        enabled = cpu_precision == "bf16" or (cpu_precision == "auto" and native_cpu_bf16())
+    else:
+        enabled = device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 class Processes(NamedTuple):

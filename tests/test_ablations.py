@@ -12,7 +12,8 @@ import yaml
 
 from pipeline.ablations import (ABLATIONS, COMPONENTS, LEVELS, MISSING, VARIANTS, Ablation, AblationError, Run,
                                 ablations_markdown, check_committed, check_overrides, exp_show, load_presets, paired,
-                                parse_exp_show, render, run_experiments, select, unrunnable)
+                                parse_exp_show, queue_targets, render, run_experiments, select,
+                                unrunnable)
 from tests.helpers import REPO
 from tests.helpers.params import load_repo_params
 from tests.helpers.processes import DVC, dvc_environment, run, run_with_uncommitted_params
@@ -29,7 +30,8 @@ def metrics_json(base: float, duet: bool = True) -> dict:
     metrics = {"source": "toy", "syn": class_aware(base + 0.01, base + 0.02, base + 0.03),
                "un": class_aware(base + 0.04, base + 0.05, base + 0.06),
                "stage1": {"nmi": base + 0.07, "map": base + 0.08, "precision": base + 0.09, "recall": base + 0.10},
-               "baselines": {"avol": {"un": class_aware(base + 0.11, base + 0.12)}}}
+               "baselines": {"avol": {"un": class_aware(base + 0.11, base + 0.12)},
+                             "dsol": {"un": class_aware(base + 0.16, base + 0.17)}}}
     if duet:
         metrics["duet"] = class_aware(base + 0.13, base + 0.14, base + 0.15)
     return metrics
@@ -252,20 +254,31 @@ def test_component_tables_put_each_number_in_its_row_and_column():
     assert row_of(vggsound, "IEr (full)")["Stage 1 Precision"] == "59.0"
 
 
-def test_level_table_has_ier_and_avol_per_dataset_and_says_why_a_level_did_not_run():
+def test_level_table_has_ier_dsol_and_avol_per_dataset_and_says_why_a_level_did_not_run():
     level = make_run("un-3-3-2", 0.2, params={"synth": {"un": {"sounding": 3, "silent": 3, "offscreen": 2}}})
-    found = tables(ablations_markdown(make_run("main", 0.0), {"un-3-3-2": level},
-                                      skipped={"un-4-4-3": "not run: needs 11 classes"}))
+    both_short = {"music": "not run: needs 11 classes", "vggsound": "not run: needs 11 classes"}
+    found = tables(ablations_markdown(make_run("main", 0.0), {"un-3-3-2": level}, skipped={"un-4-4-3": both_short}))
     table9 = found["Table 9: interference levels of the Unconstrained set"]
     default, harder = row_of(table9, "(2, 2, 1)"), row_of(table9, "(3, 3, 2)")
     assert (default["experiment"], default["music IEr CIoU@0.3"], default["music AVOL AUC"],
-            default["vggsound IEr AUC"]) == ("HEAD", "4.0", "12.0", "55.0")
+            default["music DSOL CIoU@0.3"], default["vggsound IEr AUC"]) == ("HEAD", "4.0", "12.0", "16.0", "55.0")
     assert (harder["experiment"], harder["music IEr AUC"], harder["music AVOL CIoU@0.3"],
-            harder["vggsound AVOL AUC"], harder["vggsound IEr CIoU@0.3"]) == ("`un-3-3-2`", "25.0", "31.0", "82.0",
-                                                                            "74.0")
+            harder["vggsound AVOL AUC"], harder["vggsound IEr CIoU@0.3"],
+            harder["vggsound DSOL AUC"]) == ("`un-3-3-2`", "25.0", "31.0", "82.0", "74.0", "87.0")
     hardest = row_of(table9, "(4, 4, 3)")
-    assert hardest["experiment"] == "`un-4-4-3` (not run: needs 11 classes)"
+    assert hardest["experiment"] == ("`un-4-4-3` (music: not run: needs 11 classes; "
+                                     "vggsound: not run: needs 11 classes)")
     assert set(list(hardest.values())[2:]) == {MISSING}
+
+    # A level that ran for one role: the other role's cells are empty, not the full row's numbers it carries.
+    level = make_run("un-4-4-3", 0.3, params={"synth": {"un": {"sounding": 4, "silent": 4, "offscreen": 3}}})
+    found = tables(ablations_markdown(make_run("main", 0.0), {"un-4-4-3": level},
+                                      skipped={"un-4-4-3": {"music": "not run: needs 11 classes"}}))
+    hardest = row_of(found["Table 9: interference levels of the Unconstrained set"], "(4, 4, 3)")
+    assert hardest["experiment"] == "`un-4-4-3` (music: not run: needs 11 classes)"
+    assert {hardest[f"music {method} {metric}"] for method in ("IEr", "DSOL", "AVOL")
+            for metric in ("CIoU@0.3", "AUC")} == {MISSING}
+    assert (hardest["vggsound IEr CIoU@0.3"], hardest["vggsound DSOL AUC"]) == ("84.0", "97.0")
 
 
 def test_markdown_names_the_commit_and_every_override():
@@ -365,10 +378,17 @@ def test_levels_needing_more_classes_than_a_toy_dataset_has_are_skipped():
     params = load_repo_params()
     params["datasets"]["music"]["toy"]["classes"] = params["datasets"]["music"]["toy"]["classes"][:8]
     params["datasets"]["vggsound"]["toy"]["classes"] = ["dog"] * 11
-    assert unrunnable(list(ABLATIONS), params) == {
-        "un-4-4-3": "not run: needs 11 distinct classes, datasets.music.toy.classes has 8"}
-    params["datasets"]["music"]["source"] = "youtube"  # a real dataset's classes are not counted here
-    assert unrunnable(list(ABLATIONS), params) == {}
+    skipped = unrunnable(list(ABLATIONS), params)
+    assert skipped == {"un-4-4-3": {"music": "not run: needs 11 distinct classes, datasets.music.toy.classes has 8"}}
+    # the level runs for vggsound alone: its experiment reproduces vggsound's evaluation and what it needs
+    levels = [ablation for ablation in ABLATIONS if ablation.name in ("un-3-3-2", "un-4-4-3")]
+    assert queue_targets(levels, skipped, ["music", "vggsound"]) == {"un-3-3-2": [], "un-4-4-3": ["evaluate@vggsound"]}
+    params["datasets"]["vggsound"]["toy"]["classes"] = ["dog"] * 10
+    skipped = unrunnable(list(ABLATIONS), params)
+    assert set(skipped["un-4-4-3"]) == {"music", "vggsound"}
+    assert queue_targets(levels, skipped, ["music", "vggsound"]) == {"un-3-3-2": []}  # no role: not queued
+    params["datasets"]["music"]["source"] = params["datasets"]["vggsound"]["source"] = "youtube"
+    assert unrunnable(list(ABLATIONS), params) == {}  # a real dataset's classes are not counted here
 
 
 def test_check_committed_allows_only_its_own_outputs_to_differ(tmp_path):
@@ -492,7 +512,7 @@ def test_run_experiments_replaces_same_names_and_reports_failures(tmp_path, monk
     run(["git", "commit", "-q", "-m", "one stage"], tmp_path, env)
     good, bad = Ablation("good", "good", ("a=3",), COMPONENTS), Ablation("bad", "bad", ("ok=false",), COMPONENTS)
 
-    failed = run_experiments(tmp_path, [good, bad])
+    failed = run_experiments(tmp_path, [good, bad], {"good": ["s"]})  # `good` with its target named
     assert len(failed) == 1 and failed[0].startswith("bad failed (ERROR: failed to reproduce 's'"), failed
     assert failed[0].endswith("its log: `dvc queue logs bad`")
     baseline, experiments = exp_show(tmp_path)

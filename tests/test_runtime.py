@@ -13,7 +13,7 @@ import torch
 from pipeline.config import Model
 from pipeline.models.files import Trained, model_config
 from pipeline.models.inputs import DEFAULT_NORMALISATION, Normalisation, prepare_images, prepare_logmel
-from pipeline.runtime import pick_device
+from pipeline.runtime import autocast, native_cpu_bf16, pick_device
 from pipeline.stage import StageError
 from tests.helpers.params import load_repo_params
 
@@ -23,6 +23,21 @@ from tests.helpers.params import load_repo_params
 def test_cuda_without_cuda_names_the_callers_key(key):
     with pytest.raises(StageError, match=f"^{key}: cuda asked but torch sees no CUDA device$"):
         pick_device("cuda", key)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32", "auto"])
+def test_cpu_precision_sets_what_a_convolution_computes_in_and_repeats_to_the_bit(precision):
+    torch.manual_seed(0)
+    convolution, image = torch.nn.Conv2d(3, 8, 3), torch.randn(2, 3, 16, 16)
+    bf16 = precision == "bf16" or (precision == "auto" and native_cpu_bf16())
+    outputs = []
+    for _ in range(2):
+        with autocast(torch.device("cpu"), precision):
+            outputs.append(convolution(image))
+    assert outputs[0].dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert torch.equal(outputs[0], outputs[1])
+    with autocast(torch.device("cpu")):  # the default, as the pretrain stage runs: fp32
+        assert convolution(image).dtype == torch.float32
 
 
 def test_progress_writes_one_line_when_stderr_is_not_a_terminal():

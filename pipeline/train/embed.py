@@ -51,7 +51,7 @@ def embed_split(model: Stage1Model, folder: Path, model_params: Model, object_ra
     objects = torch.zeros(reader.num_rows, model_params.dim) if with_images else torch.zeros(0)
     audio = torch.zeros(reader.num_rows, model_params.dim)
     for batch in reader:
-        with autocast(device):
+        with autocast(device, model_params.cpu_precision):
             audio_features = model.audio(prepare_logmel(batch["logmel"], device, channels_last))
             audio[batch["index"]] = audio_features.embedding.float().cpu()
             if with_images:

@@ -50,7 +50,7 @@ def evaluate_split(model: Stage1Model, test_dir: Path, test: Split, visual_proto
             for start in range(0, count, EMBED_BATCH):
                 chunk = plan[start:start + EMBED_BATCH]
                 log_mel = prepare_logmel(mixture_logmels(test.waveforms, chunk, logmel), device, channels_last)
-                with autocast(device):
+                with autocast(device, model_params.cpu_precision):
                     audio = model.audio(log_mel)
                     expanded = model.aii(audio.embedding, audio.mid_level)
                 similarity = prototype_similarity(prototypes.to(device), expanded, model_params.similarity_temperature,

@@ -124,7 +124,7 @@ def train_step(trainer: Trainer, phase: Phase, batch: dict, rng: np.random.Gener
         first_stepped = 0 if aii.single_step_weight > 0 else batch_size
         aii_rows = torch.arange(first_stepped, batch_size + mixtures + no_source, device=device)
     log_mels = prepare_logmel(audio_input, device, channels_last)
-    with autocast(device):
+    with autocast(device, trainer.model_params.cpu_precision):
         visual, audio, expanded = trainer.forward(images, log_mels, aii_rows)
     if params.canvas > 1:
         visual = from_canvases(visual, params.canvas)

@@ -153,7 +153,7 @@ def run_epoch(trainer: nn.Module, head: CorrespondenceHead, optimizer: torch.opt
         side = batch["image"].shape[-1]  # mosaics at their own size
         images = prepare_images(batch["image"], side, device, channels_last, flip)
         log_mels = prepare_logmel(batch["logmel"], device, channels_last)
-        with autocast(device):
+        with autocast(device, model_params.cpu_precision):
             maps, heard = stage2_forward(trainer, head, images, log_mels, visual_prototypes, audio_prototypes,
                                          model_params, cmr_params.silent_filter)
         loss = referrer_loss(distributions(maps, heard, cmr_params.offscreen_filter, cmr_params.temperature))
