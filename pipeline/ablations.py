@@ -532,9 +532,9 @@ def unrunnable(ablations: list[Ablation], params: dict) -> dict[str, dict[str, s
 
 def queue_targets(ablations: list[Ablation], skipped: dict[str, dict[str, str]],
                   datasets: list[str]) -> dict[str, list[str]]:
-    """Name -> the `dvc exp run` targets of each ablation that runs for some dataset roles only (`evaluate@<ds>` of
-    the others, with what it needs); [] where every role runs (the whole pipeline). Ablations that run for no
-    role are left out."""
+    """Name -> the `dvc exp run` targets of each ablation: `evaluate@<ds>` of each role it can run for (DVC adds
+    what those need) where some role is `skipped`, [] (the whole pipeline) where none is. An ablation that runs
+    for no role is left out."""
     targets = {}
     for ablation in ablations:
         runnable = [dataset for dataset in datasets if dataset not in skipped.get(ablation.name, {})]
