@@ -28,10 +28,10 @@ of the other roles say why they are empty.
    same name is removed first, so a rerun replaces it.
 2. Run the queue, one experiment at a time (`dvc exp run --run-all`).
 3. Read every experiment of HEAD from `dvc exp show --json` and write `reports/ablations.md`: Tables 3/4/7
-   (IEr, w/o AII, w/o CMR, w/o each filter) per dataset role, Table 9 (the Unconstrained set's interference
-   levels, IEr, DSOL and AVOL) and the named variants per dataset role. The full IEr row is HEAD's committed
-   metrics. Then each component and variant paired with IEr mosaic by mosaic (their `samples.csv` in git):
-   which differences exceed the test sets' noise.
+   (IEr, w/o AII, w/o CMR, w/o each filter) per dataset role under DSOL's protocol and under the audio-grounded
+   one, Table 9 (the Unconstrained set's interference levels, IEr, DSOL and AVOL) and the named variants per
+   dataset role. The full IEr row is HEAD's committed metrics. Then each component and variant paired with IEr
+   mosaic by mosaic (their `samples.csv` in git): which differences exceed the test sets' noise.
 4. Rebuild `reports/index.html` through DVC (`dvc repro --single-item --force report`), so that the page
    shows the new tables and dvc.lock records the page it holds. Then, if an experiment failed, exit with
    one line naming it.
@@ -60,7 +60,7 @@ import yaml
 from scipy.stats import binomtest
 
 from pipeline.config import ConfigError, load_params
-from pipeline.report import CLASS_AWARE_METRICS, SET_TITLES, STAGE1_METRICS
+from pipeline.report import CLASS_AWARE_METRICS, GROUNDED_METRICS, GROUNDED_SETS, SET_TITLES, STAGE1_METRICS
 from pipeline.shards import atomic_path
 
 COMPONENTS = "components"  # Tables 3, 4 and 7: IEr with one part taken out
@@ -230,11 +230,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# Columns of Tables 3/4/7 per dataset role: (metrics.json group, key, header). A column no row has is left out.
+GROUNDED = "grounded"  # metrics.json's group of the audio-grounded protocol
+GROUNDED_IOU = "grounded_iou_true"  # samples.csv's grounded IoU of a mosaic with its true audio
+# Columns of Tables 3/4/7 per dataset role: (metrics.json keys, header). A column no row has is left out.
 COMPONENT_COLUMNS = tuple(
-    [(group, key, f"{SET_TITLES[group]} {title}") for group in ("syn", "un", "duet")
+    [((group, key), f"{SET_TITLES[group]} {title}") for group in ("syn", "un", "duet")
      for key, title in (*CLASS_AWARE_METRICS, ("nsa", "NSA"))]
-    + [("stage1", key, f"Stage 1 {title}") for key, title in STAGE1_METRICS])
+    + [(("stage1", key), f"Stage 1 {title}") for key, title in STAGE1_METRICS])
+# The same rows under the audio-grounded protocol (no true class given: what the model hears and where)
+GROUNDED_COLUMNS = tuple(((GROUNDED, group, key), f"{SET_TITLES[group]} {title}") for group in GROUNDED_SETS
+                         for key, title in GROUNDED_METRICS)
 # methods of Table 9, each with CLASS_AWARE_METRICS on `un`
 LEVEL_COLUMNS = (("ier", "IEr"), ("dsol", "DSOL"), ("avol", "AVOL"))
 PAIRED_SETS = ("syn", "un", "duet")  # the class-aware sets whose samples.csv rows are paired
@@ -311,17 +316,18 @@ def experiment_cell(ablation: Ablation, run: Run | None, skipped: dict[str, dict
 
 
 def component_table(dataset: str, baseline: Run, experiments: dict[str, Run], table: str = COMPONENTS,
-                    ablations: tuple[Ablation, ...] | None = None) -> list[str]:
+                    ablations: tuple[Ablation, ...] | None = None,
+                    columns: tuple[tuple[tuple[str, ...], str], ...] = COMPONENT_COLUMNS) -> list[str]:
     """Tables 3, 4 and 7 for one dataset role (or, `table` VARIANTS, the named variants): IEr, then each of the
-    table's presets, by metric column."""
+    table's presets, by metric column (`columns`: DSOL's protocol, or GROUNDED_COLUMNS)."""
     rows = [("IEr (full)", "HEAD", baseline)] + [
         (ablation.label, experiment_cell(ablation, experiments.get(ablation.name), {}), experiments.get(ablation.name))
         for ablation in (registry() if ablations is None else ablations) if ablation.table == table]
     metrics = [run.metrics.get(dataset, {}) if run and run.state == "success" else {} for _, _, run in rows]
-    columns = [column for column in COMPONENT_COLUMNS if any(value_at(m, *column[:2]) is not None for m in metrics)]
-    body = [[label, experiment] + [cell(value_at(m, group, key)) for group, key, _ in columns]
+    shown = [column for column in columns if any(value_at(m, *column[0]) is not None for m in metrics)]
+    body = [[label, experiment] + [cell(value_at(m, *keys)) for keys, _ in shown]
             for (label, experiment, _), m in zip(rows, metrics)]
-    return markdown_table(["variant", "experiment"] + [header for _, _, header in columns], body)
+    return markdown_table(["variant", "experiment"] + [header for _, header in shown], body)
 
 
 def level_label(params: dict) -> str:
@@ -351,12 +357,16 @@ def level_table(datasets: list[str], baseline: Run, experiments: dict[str, Run],
     return markdown_table(head, body)
 
 
-def paired(full: pd.DataFrame, variant: pd.DataFrame, success: float, seed: int = 0) -> dict:
-    """Full IEr and a variant on the same mosaics: samples.csv rows (sample_id, iou, nsa) of one set and method.
+def paired(full: pd.DataFrame, variant: pd.DataFrame, success: float, seed: int = 0,
+           grounded_success: float | None = None) -> dict:
+    """Full IEr and a variant on the same mosaics: samples.csv rows (sample_id, iou, nsa, and where evaluate wrote
+    it grounded_iou_true) of one set and method.
 
     better / worse: mosaics whose CIoU reaches `success` with the variant only / with IEr only; p: the two-sided
     sign test of those counts (1.0 when there are none); nsa: the mean NSA difference (variant - IEr) over the
     mosaics where both have one, with its 95 % bootstrap interval (nsa_low, nsa_high; resampled mosaics).
+    grounded_better / grounded_worse / grounded_p: the same for the grounded IoU against `grounded_success`
+    (None when either run has no grounded IoUs or no level is given).
     Raises ValueError when the two do not hold the same mosaics.
     """
     full, variant = full.set_index("sample_id"), variant.set_index("sample_id")
@@ -367,13 +377,24 @@ def paired(full: pd.DataFrame, variant: pd.DataFrame, success: float, seed: int 
     better, worse = int((variant_hit & ~full_hit).sum()), int((full_hit & ~variant_hit).sum())
     differences = (pd.to_numeric(variant["nsa"], errors="coerce") - pd.to_numeric(full["nsa"], errors="coerce"))
     differences = differences.dropna().to_numpy()
-    p_value = binomtest(better, better + worse).pvalue if better + worse else 1.0
-    result = {"better": better, "worse": worse, "p": p_value, "nsa": None, "nsa_low": None, "nsa_high": None}
+    p_value = sign_test(better, worse)
+    result = {"better": better, "worse": worse, "p": p_value, "nsa": None, "nsa_low": None, "nsa_high": None,
+              "grounded_better": None, "grounded_worse": None, "grounded_p": None}
+    if grounded_success is not None and GROUNDED_IOU in full and GROUNDED_IOU in variant:
+        full_hit = pd.to_numeric(full[GROUNDED_IOU], errors="coerce").to_numpy() >= grounded_success
+        variant_hit = pd.to_numeric(variant[GROUNDED_IOU], errors="coerce").to_numpy() >= grounded_success
+        better, worse = int((variant_hit & ~full_hit).sum()), int((full_hit & ~variant_hit).sum())
+        result.update(grounded_better=better, grounded_worse=worse, grounded_p=sign_test(better, worse))
     if len(differences):
         draws = np.random.default_rng(seed).integers(0, len(differences), (BOOTSTRAP_DRAWS, len(differences)))
         low, high = np.percentile(differences[draws].mean(axis=1), [2.5, 97.5])
         result.update(nsa=float(differences.mean()), nsa_low=float(low), nsa_high=float(high))
     return result
+
+
+def sign_test(first: int, second: int) -> float:
+    """Two-sided sign test of two counts of discordant pairs (1.0 when there are none)."""
+    return binomtest(first, first + second).pvalue if first + second else 1.0
 
 
 SamplesReader = Callable[[str, str], "pd.DataFrame | None"]  # (git commit, dataset role) -> samples.csv or None
@@ -384,6 +405,7 @@ def paired_table(datasets: list[str], baseline: Run, experiments: dict[str, Run]
     """Each Tables 3/4/7 variant and named variant paired with full IEr on every class-aware set (rows where both
     samples exist). Table 9's levels score other test mosaics: not paired."""
     success = value_at(baseline.params, "evaluate", "ciou_success") or 0.3
+    grounded_success = value_at(baseline.params, "evaluate", "grounded_success") or 0.3
     body = []
     for ablation in registry() if ablations is None else ablations:
         run = experiments.get(ablation.name)
@@ -399,17 +421,22 @@ def paired_table(datasets: list[str], baseline: Run, experiments: dict[str, Run]
                 if full_rows.empty or variant_rows.empty:
                     continue
                 try:
-                    result = paired(full_rows, variant_rows, success)
+                    result = paired(full_rows, variant_rows, success, grounded_success=grounded_success)
                 except ValueError as err:  # e.g. a variant that changed the test set: nothing to pair
-                    body.append([ablation.label, dataset, SET_TITLES[name], MISSING, MISSING, MISSING,
-                                 f"not paired: {err}"])
+                    body.append([ablation.label, dataset, SET_TITLES[name], *[MISSING] * 6, f"not paired: {err}"])
                     continue
                 nsa = (MISSING if result["nsa"] is None else
                        f"{100 * result['nsa']:+.1f} [{100 * result['nsa_low']:+.1f}, {100 * result['nsa_high']:+.1f}]")
+                grounded = ([MISSING] * 3 if result["grounded_p"] is None else
+                            [str(result["grounded_better"]), str(result["grounded_worse"]),
+                             f"{result['grounded_p']:.3f}"])
                 body.append([ablation.label, dataset, SET_TITLES[name], str(result["better"]), str(result["worse"]),
-                             f"{result['p']:.3f}", nsa])
+                             f"{result['p']:.3f}", *grounded, nsa])
     return markdown_table(["variant", "dataset", "set", f"CIoU@{success:g} only with the variant",
-                           f"CIoU@{success:g} only with IEr", "sign test p", "NSA difference [95 % interval]"], body)
+                           f"CIoU@{success:g} only with IEr", "sign test p",
+                           f"grounded IoU@{grounded_success:g} only with the variant",
+                           f"grounded IoU@{grounded_success:g} only with IEr", "grounded sign test p",
+                           "NSA difference [95 % interval]"], body)
 
 
 PAPER = {COMPONENTS: "Tables 3, 4, 7", LEVELS: "Table 9", VARIANTS: "named variant"}  # the overrides' last column
@@ -444,17 +471,25 @@ def ablations_markdown(baseline: Run, experiments: dict[str, Run], skipped: dict
     for dataset in datasets:
         lines += ["", f"## Tables 3, 4 and 7: {dataset}", ""]
         lines += component_table(dataset, baseline, experiments, COMPONENTS, ablations)
+    for dataset in datasets:
+        lines += ["", f"## Tables 3, 4 and 7, audio-grounded: {dataset}", "",
+                  "The same rows under the audio-grounded protocol (no true class given; thresholds chosen on val; "
+                  "the README's table explains each column). Silent false alarm: lower is better.", ""]
+        lines += component_table(dataset, baseline, experiments, COMPONENTS, ablations, GROUNDED_COLUMNS)
     lines += ["", "## Table 9: interference levels of the Unconstrained set", ""]
     lines += level_table(datasets, baseline, experiments, skipped, ablations)
     if any(ablation.table == VARIANTS for ablation in ablations):
         for dataset in datasets:
             lines += ["", f"## Named variants: {dataset}", ""]
             lines += component_table(dataset, baseline, experiments, VARIANTS, ablations)
+            lines += ["", f"## Named variants, audio-grounded: {dataset}", ""]
+            lines += component_table(dataset, baseline, experiments, VARIANTS, ablations, GROUNDED_COLUMNS)
     if samples is not None:
         lines += ["", "## Each variant against full IEr, mosaic by mosaic", "",
                   "The same test mosaics scored by full IEr and by the variant (`reports/<ds>/samples.csv` of both "
-                  "commits): how many reach the CIoU level with one of them only, the two-sided sign test of those "
-                  "two counts, and the mean NSA difference (variant - IEr, points) with its 95 % bootstrap interval. "
+                  "commits): how many reach the CIoU level (DSOL's protocol) and the grounded IoU level with one of "
+                  "them only, the two-sided sign test of each pair of counts, and the mean NSA difference (variant "
+                  "- IEr, points) with its 95 % bootstrap interval. "
                   "A p above 0.05 and an interval across 0: the two rows differ by no more than the test set's "
                   "noise. `python -m pipeline.diagnose <ds>` shows what each term of the class maps does "
                   "(docs/decisions.md).", ""]

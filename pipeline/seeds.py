@@ -25,12 +25,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from scipy.stats import t as student_t
 
-from pipeline.ablations import (OWN_OUTPUTS, Ablation, AblationError, Run, check_committed, check_overrides, dvc,
-                                exp_show, markdown_table, run_experiments)
-from pipeline.report import SET_TITLES
+from pipeline.ablations import (OWN_OUTPUTS, Ablation, AblationError, Run, SamplesReader, check_committed,
+                                check_overrides, dvc, exp_show, git_samples, markdown_table, run_experiments,
+                                sign_test)
+from pipeline.report import CEILINGS, SET_TITLES
 from pipeline.shards import atomic_path, write_json
 
 SEEDS_JSON = Path("reports") / "seeds.json"
@@ -64,6 +66,11 @@ HEADLINE = (
 README_COLUMNS = (("grounded IoU@0.3", "grounded.{set}.iou30"), ("reliance", "grounded.{set}.reliance"),
                   ("DSOL protocol", "{set}.{dsol}"))
 DSOL_HEADLINE = {"single": "iou50"}  # DSOL's headline metric of a set: ciou30 but for single-source
+# IEr against each baseline on the same test mosaics (issue 23's targets; Table 1): (set, samples.csv column,
+# params.yaml key of the success level, title). The oracle is a ceiling, not a baseline: left out.
+COMPARISONS = (("un", "grounded_iou_true", ("evaluate", "grounded_success"), "grounded IoU@{level:g}"),
+               ("syn", "grounded_iou_true", ("evaluate", "grounded_success"), "grounded IoU@{level:g}"),
+               ("single", "iou", ("evaluate", "iou_success"), "DSOL protocol IoU@{level:g}"))
 
 
 class SeedsError(AblationError):
@@ -158,6 +165,55 @@ def facts(runs: dict[int, Run]) -> dict[str, dict[str, str]]:
     return found
 
 
+def method_pairs(samples: pd.DataFrame, set_name: str, column: str, level: float) -> dict[str, dict]:
+    """IEr against every other method but the oracle on one set of one run's samples.csv: baseline -> the
+    mosaics that reach `level` in `column` with IEr only (`ier`) and with the baseline only (`other`)."""
+    rows = samples[samples["set"] == set_name]
+    ier = rows[rows["method"] == IER].set_index("sample_id")[column]
+    pairs = {}
+    for method in dict.fromkeys(rows["method"]):
+        if method in (IER, *CEILINGS):
+            continue
+        other = rows[rows["method"] == method].set_index("sample_id")[column]
+        common = ier.index.intersection(other.index)
+        ier_hit = pd.to_numeric(ier.loc[common], errors="coerce").to_numpy() >= level
+        other_hit = pd.to_numeric(other.loc[common], errors="coerce").to_numpy() >= level
+        pairs[method] = {"ier": int((ier_hit & ~other_hit).sum()), "other": int((other_hit & ~ier_hit).sum()),
+                         "mosaics": len(common)}
+    return pairs
+
+
+def comparisons(runs: dict[int, Run], samples: SamplesReader) -> dict:
+    """dataset -> "set:column" -> baseline -> per seed and pooled over the seeds: IEr-only and baseline-only
+    successes and the two-sided sign test of the two counts. The pooled test counts every (seed, mosaic) pair
+    once: the seeds score the same mosaics, so it asks whether IEr wins more pairs over training's randomness,
+    and the per-seed tests say whether each seed alone shows it."""
+    found: dict = {}
+    for seed, run in runs.items():
+        for dataset in run.metrics:
+            table = samples(run.rev, dataset)
+            if table is None:
+                continue
+            for set_name, column, level_key, heading in COMPARISONS:
+                level = run.params
+                for key in level_key:
+                    level = level.get(key) if isinstance(level, dict) else None
+                if not isinstance(level, (int, float)) or column not in table.columns:
+                    continue
+                entry = found.setdefault(dataset, {}).setdefault(f"{set_name}:{column}", {
+                    "set": set_name, "title": heading.format(level=level), "methods": {}})
+                for method, counts in method_pairs(table, set_name, column, level).items():
+                    entry["methods"].setdefault(method, {"seeds": {}})["seeds"][str(seed)] = {
+                        **counts, "p": rounded(sign_test(counts["ier"], counts["other"]))}
+    for by_set in found.values():
+        for entry in by_set.values():
+            for method in entry["methods"].values():
+                ier = sum(seed["ier"] for seed in method["seeds"].values())
+                other = sum(seed["other"] for seed in method["seeds"].values())
+                method["pooled"] = {"ier": ier, "other": other, "p": rounded(sign_test(ier, other))}
+    return found
+
+
 # --------------------------------------------------------------------------- the pages
 
 
@@ -221,6 +277,7 @@ def seeds_markdown(seeds_json: dict) -> str:
         lines += [f"## {dataset}: headline metrics", ""]
         lines += markdown_table(head, [[name] + [formatted(keys[key].get(method), len(seeds)) for method in methods]
                                        for key, name in HEADLINE if key in keys])
+        lines += comparison_lines(dataset, seeds_json.get("comparisons", {}).get(dataset, {}))
         lines += ["", f"## {dataset}: every metric", "",
                   f"`{DETECTOR_BOXES}.*`: the same metrics scored against the detector's boxes; `{VAL}.*`: the "
                   "numbers of the val split (what settings are chosen by); `stage1.*`, `detector.*`: numbers "
@@ -229,6 +286,27 @@ def seeds_markdown(seeds_json: dict) -> str:
                                                          for method in methods] for key in sorted(keys, key=key_order)])
         lines.append("")
     return "\n".join(lines)
+
+
+def comparison_lines(dataset: str, by_set: dict) -> list[str]:
+    """seeds.md's paired tests of IEr against each baseline on one dataset ([] without any)."""
+    if not by_set:
+        return []
+    rows = []
+    for entry in by_set.values():
+        for method, result in entry["methods"].items():
+            per_seed = "; ".join(f"{seed}: {counts['ier']} / {counts['other']}, p {counts['p']:.3f}"
+                                 for seed, counts in result["seeds"].items())
+            pooled = result["pooled"]
+            rows.append([f"{SET_TITLES[entry['set']]} {entry['title']}", f"IEr vs {title(method)}",
+                         f"{pooled['ier']} / {pooled['other']}", f"{pooled['p']:.3f}", per_seed])
+    return ["", f"## {dataset}: IEr against each baseline, mosaic by mosaic", "",
+            "The same test mosaics scored by IEr and by the baseline in each seed (`reports/<ds>/samples.csv` of "
+            "each run): how many reach the level with IEr only / with the baseline only, and the two-sided sign "
+            "test of those two counts, pooled over the seeds and per seed. p < 0.05 with more IEr-only mosaics: "
+            "IEr ahead beyond the test set's noise.", ""] + markdown_table(
+        ["set and metric", "pair", "IEr only / baseline only (all seeds)", "sign test p (all seeds)",
+         "per seed: IEr only / baseline only, p"], rows)
 
 
 def readme_table(seeds_json: dict) -> list[str]:
@@ -307,11 +385,13 @@ def seed_runs(seeds: list[int], baseline: Run, experiments: dict[str, Run]) -> d
     return runs
 
 
-def seeds_document(runs: dict[int, Run], baseline: Run, machine: str) -> dict:
-    """reports/seeds.json's content."""
+def seeds_document(runs: dict[int, Run], baseline: Run, machine: str, samples: SamplesReader | None = None) -> dict:
+    """reports/seeds.json's content; with `samples` (reads a run's samples.csv) also IEr paired with each
+    baseline mosaic by mosaic."""
     return {"seeds": list(runs), "commit": baseline.rev, "machine": machine,
             "runs": {str(seed): "HEAD" if run is baseline else experiment_name(seed) for seed, run in runs.items()},
-            "facts": facts(runs), "datasets": seed_statistics(runs)}
+            "facts": facts(runs), "datasets": seed_statistics(runs),
+            **({"comparisons": comparisons(runs, samples)} if samples is not None else {})}
 
 
 def machine_description() -> str:
@@ -381,7 +461,7 @@ def run_seeds(repo: Path, count: int, run: bool = True, machine: str | None = No
         print(f"seeds: {len(experiments)} experiments ran in {time.monotonic() - started:.0f} s", flush=True)
     baseline, experiments = exp_show(repo)
     seeds_json = seeds_document(seed_runs(seeds, baseline, experiments), baseline,
-                                machine or machine_description())
+                                machine or machine_description(), git_samples(repo))
     write_outputs(repo, seeds_json)
     if run:
         # Through DVC, as the ablations do: dvc.lock then records the page in the workspace.

@@ -31,7 +31,9 @@ def metrics_json(base: float, duet: bool = True) -> dict:
                "un": class_aware(base + 0.04, base + 0.05, base + 0.06),
                "stage1": {"nmi": base + 0.07, "map": base + 0.08, "precision": base + 0.09, "recall": base + 0.10},
                "baselines": {"avol": {"un": class_aware(base + 0.11, base + 0.12)},
-                             "dsol": {"un": class_aware(base + 0.16, base + 0.17)}}}
+                             "dsol": {"un": class_aware(base + 0.16, base + 0.17)}},
+               "grounded": {"syn": {"iou30": base + 0.18, "heard_map": base + 0.19},
+                            "un": {"iou30": base + 0.20, "silent_false_alarm": base + 0.21}}}
     if duet:
         metrics["duet"] = class_aware(base + 0.13, base + 0.14, base + 0.15)
     return metrics
@@ -175,9 +177,10 @@ def test_a_preset_folder_without_presets_or_with_bad_params_fails_in_one_line(tm
 # --------------------------------------------------------------------------- pairing with full IEr
 
 
-def samples_of(ious: list[float], nsas: list, set_name: str = "syn", method: str = "ier") -> pd.DataFrame:
+def samples_of(ious: list[float], nsas: list, set_name: str = "syn", method: str = "ier",
+               grounded: list[float] | None = None) -> pd.DataFrame:
     return pd.DataFrame({"set": set_name, "sample_id": [f"m{i}" for i in range(len(ious))], "method": method,
-                         "iou": ious, "nsa": nsas})
+                         "iou": ious, "nsa": nsas, **({} if grounded is None else {"grounded_iou_true": grounded})})
 
 
 def test_paired_counts_the_mosaics_each_run_alone_gets_right():
@@ -198,6 +201,17 @@ def test_paired_sign_test_of_one_sided_counts_and_of_no_difference():
     assert (same["better"], same["worse"], same["p"], same["nsa"]) == (0, 0, 1.0, None)
     with pytest.raises(ValueError, match="different mosaics"):
         paired(full, full.iloc[:5], 0.3)
+
+
+def test_paired_also_counts_the_grounded_successes_where_both_runs_have_them():
+    full = samples_of([0.5] * 4, [""] * 4, grounded=[0.6, 0.6, 0.6, 0.1])
+    variant = samples_of([0.5] * 4, [""] * 4, grounded=[0.1, 0.1, 0.29, 0.3])
+    result = paired(full, variant, 0.3, grounded_success=0.3)
+    assert (result["better"], result["worse"]) == (0, 0)  # DSOL's protocol sees no difference
+    assert (result["grounded_better"], result["grounded_worse"]) == (1, 3)  # 0.3 reaches the level, 0.29 does not
+    assert result["grounded_p"] == pytest.approx(0.625)
+    assert paired(full, samples_of([0.5] * 4, [""] * 4), 0.3, grounded_success=0.3)["grounded_p"] is None
+    assert paired(full, variant, 0.3)["grounded_p"] is None  # no level given
 
 
 def test_markdown_pairs_each_variant_that_ran_with_full_ier():
@@ -252,6 +266,13 @@ def test_component_tables_put_each_number_in_its_row_and_column():
     assert "Duet AUC" not in vggsound[0]  # no row has a duet set
     assert row_of(vggsound, "w/o AII")["Unconstrained CIoU@0.3"] == "64.0"
     assert row_of(vggsound, "IEr (full)")["Stage 1 Precision"] == "59.0"
+    grounded = found["Tables 3, 4 and 7, audio-grounded: music"]
+    assert list(grounded[0]) == ["variant", "experiment", "Synthetic IoU@0.3", "Synthetic heard mAP",
+                                 "Unconstrained IoU@0.3", "Unconstrained silent false alarm"]  # the columns reported
+    assert (row_of(grounded, "IEr (full)")["Synthetic IoU@0.3"], row_of(grounded, "w/o AII")["Synthetic heard mAP"],
+            row_of(grounded, "w/o CMR (stage-1 networks)")["Unconstrained silent false alarm"]) == ("18.0", "29.0",
+                                                                                                  "41.0")
+    assert row_of(found["Tables 3, 4 and 7, audio-grounded: vggsound"], "w/o AII")["Unconstrained IoU@0.3"] == "80.0"
 
 
 def test_level_table_has_ier_dsol_and_avol_per_dataset_and_says_why_a_level_did_not_run():

@@ -6,8 +6,10 @@ import json
 import math
 import sys
 
+import pandas as pd
 import pytest
 import yaml
+from scipy.stats import binomtest
 
 from pipeline.ablations import AblationError, Run, check_committed, parse_exp_show
 from pipeline.seeds import (RESULTS_END, RESULTS_START, SEEDED_STAGES, SEEDS_OUTPUTS, SeedsError,
@@ -155,6 +157,47 @@ def test_seeds_markdown_shows_methods_side_by_side_and_says_what_plus_minus_mean
             in lines)
     assert "| `grounded.syn.deranged.heard_map` |" in markdown and "| `detector_boxes.syn.ciou30` |" in markdown
     assert "## vggsound: every metric" in markdown and "Duet CIoU" not in markdown.split("## vggsound")[1]
+
+
+def mosaic_samples(ier_only: int, avol_only: int, both: int = 5, neither: int = 5) -> pd.DataFrame:
+    """samples.csv rows of the Unconstrained set: IEr, AVOL and the oracle on the same mosaics, with grounded IoUs
+    at or below 0.3 as asked; and two Single-source clips that only AVOL gets at IoU 0.5."""
+    outcomes = [(0.6, 0.1)] * ier_only + [(0.1, 0.6)] * avol_only + [(0.3, 0.9)] * both + [(0.0, 0.29)] * neither
+    rows = []
+    for index, (ier, avol) in enumerate(outcomes):
+        for method, value in (("ier", ier), ("avol", avol), ("oracle", 1.0)):
+            rows.append({"set": "un", "sample_id": f"un_{index:06d}", "method": method, "iou": 0.5, "nsa": 0.5,
+                         "grounded_iou_true": value})
+    for index in range(2):
+        for method, value in (("ier", 0.2), ("avol", 0.7)):
+            rows.append({"set": "single", "sample_id": f"clip_{index}", "method": method, "iou": value, "nsa": None,
+                         "grounded_iou_true": value})
+    return pd.DataFrame(rows)
+
+
+def test_seeds_document_pairs_ier_with_each_baseline_mosaic_by_mosaic():
+    runs, head = three_seeds()
+    for each in runs.values():
+        each.params["evaluate"] = {"grounded_success": 0.3, "iou_success": 0.5}
+    tables = {(runs[0].rev, "music"): mosaic_samples(9, 1), (runs[1].rev, "music"): mosaic_samples(6, 2),
+              (runs[2].rev, "music"): mosaic_samples(0, 0)}  # vggsound: no samples.csv
+    document = seeds_document(runs, head, "Test CPU", lambda rev, dataset: tables.get((rev, dataset)))
+    un = document["comparisons"]["music"]["un:grounded_iou_true"]
+    assert un["title"] == "grounded IoU@0.3" and set(un["methods"]) == {"avol"}  # the oracle is no baseline
+    avol = un["methods"]["avol"]
+    assert avol["seeds"]["0"] == {"ier": 9, "other": 1, "mosaics": 20, "p": pytest.approx(binomtest(9, 10).pvalue,
+                                                                                             abs=1e-6)}
+    assert avol["seeds"]["2"] == {"ier": 0, "other": 0, "mosaics": 10, "p": 1.0}
+    assert avol["pooled"] == {"ier": 15, "other": 3, "p": pytest.approx(binomtest(15, 18).pvalue, abs=1e-6)}
+    single = document["comparisons"]["music"]["single:iou"]
+    assert single["title"] == "DSOL protocol IoU@0.5" and single["methods"]["avol"]["pooled"]["other"] == 6
+    assert "vggsound" not in document["comparisons"]
+    markdown = seeds_markdown(document)
+    assert "## music: IEr against each baseline, mosaic by mosaic" in markdown
+    assert f"| Unconstrained grounded IoU@0.3 | IEr vs AVOL | 15 / 3 | {binomtest(15, 18).pvalue:.3f} |" in markdown
+    assert "0: 9 / 1, p 0.021" in markdown
+    json.dumps(document, allow_nan=False)
+    assert "comparisons" not in seeds_document(runs, head, "Test CPU")  # no samples reader: no pairs
 
 
 def test_readme_table_has_a_row_per_dataset_and_set():
