@@ -55,6 +55,7 @@ class ToyWorld:
     rotation_deg: float = knob(lo=0.0, hi=180.0)  # max tilt of a glyph, either way
     new_background_each_second: bool = knob()  # a fresh backdrop every second (a camera cut), not one per video
     new_view_each_second: bool = knob()  # at each cut the objects are also seen anew (size, tilt, place)
+    new_glyph_each_view: bool = knob()  # each new view also draws the object's glyph variant anew
 
 
 @dataclass(frozen=True)

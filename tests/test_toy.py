@@ -194,8 +194,9 @@ def test_objects_move_and_stay_mostly_visible(world):
 
 
 def test_new_background_each_second_cuts_only_the_backdrop():
-    cut = tiny_world(new_background_each_second=True, new_view_each_second=False, distractors=[0, 0])
-    still = tiny_world(new_background_each_second=False, new_view_each_second=False, distractors=[0, 0])
+    one_view = dict(new_view_each_second=False, new_glyph_each_view=False, distractors=[0, 0])
+    cut = tiny_world(new_background_each_second=True, **one_view)
+    still = tiny_world(new_background_each_second=False, **one_view)
     video = toy.plan_videos(cut, SEED, "music")[0]
     cut_scene, still_scene = toy.video_scene(video, cut, SEED, "music"), toy.video_scene(video, still, SEED, "music")
     assert len(cut_scene.backgrounds) == video.seconds and len(still_scene.backgrounds) == 1
@@ -214,7 +215,8 @@ def test_new_background_each_second_cuts_only_the_backdrop():
 
 def test_new_view_each_second_shows_the_same_cast_anew_after_each_cut():
     viewed = tiny_world(new_background_each_second=True, new_view_each_second=True, distractors=[1, 1])
-    still = tiny_world(new_background_each_second=True, new_view_each_second=False, distractors=[1, 1])
+    still = tiny_world(new_background_each_second=True, new_view_each_second=False, new_glyph_each_view=False,
+                       distractors=[1, 1])
     video = toy.plan_videos(viewed, SEED, "music")[0]
     scene = toy.video_scene(video, viewed, SEED, "music")
     fps, cast = viewed.fps, len(video.labels) + 1
@@ -239,6 +241,26 @@ def test_new_view_each_second_shows_the_same_cast_anew_after_each_cut():
     with pytest.raises(StageError,
                        match=r"datasets\.music\.toy\.new_view_each_second: .* needs new_background_each_second"):
         toy.plan_videos(dataclasses.replace(viewed, new_background_each_second=False), SEED, "music")
+
+
+def test_new_glyph_each_view_draws_every_variant_and_leaves_the_first_view_alone():
+    # siren has 4 glyph variants, dog 3; 12 views of each object
+    changes = dict(classes=["siren", "dog"], duet_videos=0, seconds_per_video=12, new_background_each_second=True,
+                   new_view_each_second=True, distractors=[1, 1], distractor_classes=["tree"])
+    redrawn, kept = tiny_world(**changes, new_glyph_each_view=True), tiny_world(**changes, new_glyph_each_view=False)
+    for video in toy.plan_videos(redrawn, SEED, "music"):
+        scene = toy.video_scene(video, redrawn, SEED, "music")
+        kept_scene = toy.video_scene(video, kept, SEED, "music")
+        # the first view draws the same random numbers either way
+        for a, b in zip(scene.objects[:2], kept_scene.objects[:2], strict=True):
+            assert a.glyph == b.glyph and np.array_equal(a.pixels, b.pixels) and np.array_equal(a.left, b.left)
+        assert len({o.glyph for o in kept_scene.objects if o.sounding}) == 1  # one variant for the whole video
+        sounding = [o.glyph for o in scene.objects if o.sounding]
+        assert len(sounding) == video.seconds and len(set(sounding)) >= 2
+        assert set(sounding) <= set(toy_glyphs.glyph_variants(video.labels[0]))
+        assert {o.glyph for o in scene.objects if not o.sounding} <= set(toy_glyphs.glyph_variants("tree"))
+    with pytest.raises(StageError, match=r"datasets\.music\.toy\.new_glyph_each_view: .* needs new_view_each_second"):
+        toy.plan_videos(dataclasses.replace(redrawn, new_view_each_second=False), SEED, "music")
 
 
 def test_clutter_draws_boxes_that_pillow_rejects_at_fractional_pixels():

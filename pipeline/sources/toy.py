@@ -89,6 +89,9 @@ def check_world(toy: ToyWorld, seed: int, role: str) -> None:
     if toy.new_view_each_second and not toy.new_background_each_second:
         raise StageError(f"{where}.new_view_each_second: a new view comes at a cut, so it needs "
                          "new_background_each_second: true")
+    if toy.new_glyph_each_view and not toy.new_view_each_second:
+        raise StageError(f"{where}.new_glyph_each_view: a glyph is drawn anew with a new view, so it needs "
+                         "new_view_each_second: true")
     if toy.distractors[1] > 0 and not toy.distractor_classes:
         raise StageError(f"{where}.distractor_classes: empty, but distractors is {toy.distractors}")
 
@@ -119,8 +122,9 @@ def plan_videos(toy: ToyWorld, seed: int, role: str) -> list[ToyVideo]:
 
 
 def video_rng(video: ToyVideo, seed: int, role: str, part: str) -> np.random.Generator:
-    """The random stream of one part ("sound", "picture") of one video."""
-    parts = ("sound", "picture")
+    """The random stream of one part ("sound", "picture", "glyphs": the variants of the later views) of one
+    video."""
+    parts = ("sound", "picture", "glyphs")
     return np.random.default_rng([seed, zlib.crc32(role.encode()), zlib.crc32(video.video_id.encode()),
                                   parts.index(part)])
 
@@ -146,6 +150,7 @@ class SceneObject:
     left: np.ndarray  # per frame of its view, x of the sprite's left column (int pixels)
     top: np.ndarray  # per frame of its view, y of its top row
     first_frame: int = 0  # the video frame where this view of the object starts (a new view after each cut)
+    glyph: str = ""  # the glyph variant drawn (its code points)
 
     def frames(self) -> np.ndarray:
         """The video frames this view of the object is on."""
@@ -214,8 +219,7 @@ def layout_objects(
     objects: list[SceneObject] = []
     for index, (name, sounding) in enumerate(cast):
         if index == len(glyphs):
-            variants = toy_glyphs.glyph_variants(name)
-            glyphs.append(variants[int(rng.integers(len(variants)))])
+            glyphs.append(choose_glyph(rng, name))
         pixels = toy_glyphs.sprite(
             glyphs[index],
             side_px=max(8, round(rng.uniform(*toy.object_scale) * size)),
@@ -228,7 +232,7 @@ def layout_objects(
         best, best_cover = None, np.inf
         for _ in range(PLACEMENT_TRIES):
             left, top = place(rng, dx, width, size), place(rng, dy, height, size)
-            candidate = SceneObject(name, sounding, pixels, left, top, first_frame)
+            candidate = SceneObject(name, sounding, pixels, left, top, first_frame, glyphs[index])
             cover = max((covered_share(candidate, other) for other in objects), default=0.0)
             if cover < best_cover:
                 best, best_cover = candidate, cover
@@ -238,12 +242,21 @@ def layout_objects(
     return objects
 
 
-def layout_scene(video: ToyVideo, toy: ToyWorld, rng: np.random.Generator) -> Scene:
+def choose_glyph(rng: np.random.Generator, name: str) -> str:
+    """One of the class's glyph variants, uniformly."""
+    variants = toy_glyphs.glyph_variants(name)
+    return variants[int(rng.integers(len(variants)))]
+
+
+def layout_scene(video: ToyVideo, toy: ToyWorld, rng: np.random.Generator,
+                 glyph_rng: np.random.Generator) -> Scene:
     """Background, objects (glyph, size, tilt, path) and drawing order of one video.
 
-    With toy.new_view_each_second every cut also shows the same cast (each object
-    with the same glyph) anew: new size, tilt, mirror, brightness and place, as a
-    new camera angle on the same performance.
+    With toy.new_view_each_second every cut also shows the same cast anew: new size,
+    tilt, mirror, brightness and place, as a new camera angle on the same performance.
+    Each object keeps its glyph variant unless toy.new_glyph_each_view, which draws
+    the variants of every later view from `glyph_rng`, a stream of their own, so that
+    the rest of the picture draws the same random numbers either way.
     """
     size, frames = toy.image_size, video.seconds * toy.fps
     background = toy_glyphs.background(rng, size, toy.clutter)
@@ -261,6 +274,8 @@ def layout_scene(video: ToyVideo, toy: ToyWorld, rng: np.random.Generator) -> Sc
         frames_per_background = toy.fps
     if toy.new_view_each_second:
         for second in range(1, video.seconds):
+            if toy.new_glyph_each_view:
+                glyphs = [choose_glyph(glyph_rng, name) for name, _ in cast]
             view = layout_objects(rng, toy, cast, glyphs, toy.fps, second * toy.fps)
             draw_order += [len(objects) + int(i) for i in rng.permutation(len(view))]
             objects += view
@@ -309,7 +324,7 @@ def scene_truth(video: ToyVideo, scene: Scene, toy: ToyWorld) -> pa.Table:
 
 
 def video_scene(video: ToyVideo, toy: ToyWorld, seed: int, role: str) -> Scene:
-    return layout_scene(video, toy, video_rng(video, seed, role, "picture"))
+    return layout_scene(video, toy, video_rng(video, seed, role, "picture"), video_rng(video, seed, role, "glyphs"))
 
 
 # --------------------------------------------------------------------------- encoding
