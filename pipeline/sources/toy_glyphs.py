@@ -96,8 +96,10 @@ def glyph_variants(name: str) -> tuple[str, ...]:
     return tuple(present)
 
 
+@functools.cache
 def glyph_image(sequence: str) -> Image.Image:
-    """The glyph in colour, cropped to its visible pixels, about GLYPH_FONT_SIZE px tall."""
+    """The glyph in colour, cropped to its visible pixels, about GLYPH_FONT_SIZE px tall (cached: every view of
+    every object starts from it; callers make new images from it and never change it)."""
     return crop_visible(_drawn(sequence))
 
 
