@@ -256,7 +256,7 @@ def layout_scene(video: ToyVideo, toy: ToyWorld, rng: np.random.Generator,
     tilt, mirror, brightness and place, as a new camera angle on the same performance.
     Each object keeps its glyph variant unless toy.new_glyph_each_view, which draws
     the variants of every later view from `glyph_rng`, a stream of their own, so that
-    the rest of the picture draws the same random numbers either way.
+    the first view is drawn exactly as without it.
     """
     size, frames = toy.image_size, video.seconds * toy.fps
     background = toy_glyphs.background(rng, size, toy.clutter)
