@@ -11,6 +11,8 @@ python -m pipeline.seeds [--seeds N] [--table-only]   (`make seeds` runs it)
    against the detector's boxes under the prefix `detector_boxes.`): every numeric metric's n, mean,
    standard deviation and 95 % Student-t interval over the seeds -> `reports/seeds.json` and
    `reports/seeds.md`, and the README's results table (between its `results:start` / `results:end` lines).
+   With them, IEr paired with each baseline on the same test mosaics (each run's samples.csv from git): the
+   mosaics that reach the level with one of the two only, and the sign test, per seed and pooled.
 3. Rebuild `reports/index.html` through DVC (`dvc repro --single-item --force report`).
 
 `--table-only` runs nothing: it rewrites seeds.json, seeds.md and the README's table from the experiments
@@ -31,7 +33,7 @@ from scipy.stats import t as student_t
 
 from pipeline.ablations import (OWN_OUTPUTS, Ablation, AblationError, Run, SamplesReader, check_committed,
                                 check_overrides, dvc, exp_show, git_samples, markdown_table, run_experiments,
-                                sign_test)
+                                sign_test, value_at)
 from pipeline.report import CEILINGS, SET_TITLES
 from pipeline.shards import atomic_path, write_json
 
@@ -195,9 +197,7 @@ def comparisons(runs: dict[int, Run], samples: SamplesReader) -> dict:
             if table is None:
                 continue
             for set_name, column, level_key, heading in COMPARISONS:
-                level = run.params
-                for key in level_key:
-                    level = level.get(key) if isinstance(level, dict) else None
+                level = value_at(run.params, *level_key)
                 if not isinstance(level, (int, float)) or column not in table.columns:
                     continue
                 entry = found.setdefault(dataset, {}).setdefault(f"{set_name}:{column}", {
