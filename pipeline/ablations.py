@@ -373,23 +373,28 @@ def paired(full: pd.DataFrame, variant: pd.DataFrame, success: float, seed: int 
     if set(full.index) != set(variant.index):
         raise ValueError(f"the two runs scored different mosaics ({len(full)} and {len(variant)})")
     variant = variant.loc[full.index]
-    full_hit, variant_hit = full["iou"].to_numpy() >= success, variant["iou"].to_numpy() >= success
-    better, worse = int((variant_hit & ~full_hit).sum()), int((full_hit & ~variant_hit).sum())
+    better, worse = reached_by_one(variant["iou"], full["iou"], success)
     differences = (pd.to_numeric(variant["nsa"], errors="coerce") - pd.to_numeric(full["nsa"], errors="coerce"))
     differences = differences.dropna().to_numpy()
     p_value = sign_test(better, worse)
     result = {"better": better, "worse": worse, "p": p_value, "nsa": None, "nsa_low": None, "nsa_high": None,
               "grounded_better": None, "grounded_worse": None, "grounded_p": None}
     if grounded_success is not None and GROUNDED_IOU in full and GROUNDED_IOU in variant:
-        full_hit = pd.to_numeric(full[GROUNDED_IOU], errors="coerce").to_numpy() >= grounded_success
-        variant_hit = pd.to_numeric(variant[GROUNDED_IOU], errors="coerce").to_numpy() >= grounded_success
-        better, worse = int((variant_hit & ~full_hit).sum()), int((full_hit & ~variant_hit).sum())
+        better, worse = reached_by_one(variant[GROUNDED_IOU], full[GROUNDED_IOU], grounded_success)
         result.update(grounded_better=better, grounded_worse=worse, grounded_p=sign_test(better, worse))
     if len(differences):
         draws = np.random.default_rng(seed).integers(0, len(differences), (BOOTSTRAP_DRAWS, len(differences)))
         low, high = np.percentile(differences[draws].mean(axis=1), [2.5, 97.5])
         result.update(nsa=float(differences.mean()), nsa_low=float(low), nsa_high=float(high))
     return result
+
+
+def reached_by_one(first: pd.Series, second: pd.Series, level: float) -> tuple[int, int]:
+    """Two runs' scores of the same samples, aligned: how many reach `level` with the first only, and with the
+    second only (a missing or non-numeric score reaches nothing)."""
+    first_hit = pd.to_numeric(first, errors="coerce").to_numpy() >= level
+    second_hit = pd.to_numeric(second, errors="coerce").to_numpy() >= level
+    return int((first_hit & ~second_hit).sum()), int((second_hit & ~first_hit).sum())
 
 
 def sign_test(first: int, second: int) -> float:

@@ -32,8 +32,8 @@ import yaml
 from scipy.stats import t as student_t
 
 from pipeline.ablations import (OWN_OUTPUTS, Ablation, AblationError, Run, SamplesReader, check_committed,
-                                check_overrides, dvc, exp_show, git_samples, markdown_table, run_experiments,
-                                sign_test, value_at)
+                                check_overrides, dvc, exp_show, git_samples, markdown_table, reached_by_one,
+                                run_experiments, sign_test, value_at)
 from pipeline.report import CEILINGS, SET_TITLES
 from pipeline.shards import atomic_path, write_json
 
@@ -178,10 +178,8 @@ def method_pairs(samples: pd.DataFrame, set_name: str, column: str, level: float
             continue
         other = rows[rows["method"] == method].set_index("sample_id")[column]
         common = ier.index.intersection(other.index)
-        ier_hit = pd.to_numeric(ier.loc[common], errors="coerce").to_numpy() >= level
-        other_hit = pd.to_numeric(other.loc[common], errors="coerce").to_numpy() >= level
-        pairs[method] = {"ier": int((ier_hit & ~other_hit).sum()), "other": int((other_hit & ~ier_hit).sum()),
-                         "mosaics": len(common)}
+        ier_only, other_only = reached_by_one(ier.loc[common], other.loc[common], level)
+        pairs[method] = {"ier": ier_only, "other": other_only, "mosaics": len(common)}
     return pairs
 
 
