@@ -249,6 +249,8 @@ class Cmr:
     temperature: float = knob(lo=1e-4)  # divides the GAP values and Eq. 4's shares before the softmaxes (Eqs. 3, 5)
     silent_filter: bool = knob()  # L^av_k = l(f^v, F^a_k) . L^v_k (false: the ablation, no visual class maps)
     offscreen_filter: bool = knob()  # p^av weighs p^a by the seen area of each class (false: the ablation)
+    seen_mask: Literal["batch_mean", "class_share"]  # how the seen area GAP(m_k) of Eq. 4 is measured
+    class_share: float = knob(lo=0.0, hi=1.0)  # class_share mask: seen where the class's softmax share is above this
     flip: bool = knob()  # random horizontal flips of the training mosaics
     device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
 

@@ -31,7 +31,7 @@ def maps_tensor(rows: list[list[list[float]]]) -> torch.Tensor:
 
 def probability_maps(audio_visual: torch.Tensor, visual: torch.Tensor) -> ClassMaps:
     """ClassMaps from the two probability maps (distributions reads only those; the logit form follows them)."""
-    return ClassMaps(audio_visual, visual, torch.logit(audio_visual, eps=1e-6))
+    return ClassMaps(audio_visual, visual, torch.logit(audio_visual, eps=1e-6), torch.logit(visual, eps=1e-6))
 
 
 # --------------------------------------------------------------------------- symmetric_kl (Eq. 6)

@@ -156,7 +156,8 @@ def run_epoch(trainer: nn.Module, head: CorrespondenceHead, optimizer: torch.opt
         with autocast(device, model_params.cpu_precision):
             maps, heard = stage2_forward(trainer, head, images, log_mels, visual_prototypes, audio_prototypes,
                                          model_params, cmr_params.silent_filter)
-        loss = referrer_loss(distributions(maps, heard, cmr_params.offscreen_filter, cmr_params.temperature))
+        loss = referrer_loss(distributions(maps, heard, cmr_params.offscreen_filter, cmr_params.temperature,
+                                           cmr_params.seen_mask, cmr_params.class_share))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
