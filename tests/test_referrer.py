@@ -12,7 +12,7 @@ import torch
 
 from pipeline.models.ier import CorrespondenceHead
 from pipeline.train.referrer import (ClassMaps, Distributions, class_aware_maps, distributions, referrer_loss,
-                                     symmetric_kl)
+                                     seen_share, symmetric_kl)
 
 
 def sigma(x: float) -> float:
@@ -313,3 +313,48 @@ def test_referrer_loss_gradient_on_the_scale_matches_finite_differences():
     numeric = (upper - lower) / (2 * step)
     assert abs(numeric) > 1e-4
     assert head.scale.grad.item() == pytest.approx(numeric, rel=2e-2)
+
+
+# Class-share mask: B=1, K=3, w=2; the visual logits near saturation (every sigmoid above 0.98), as the
+# trained head's visual maps are.
+#   position 0: logits [6, 6, 4] -> softmax [e^2, e^2, 1] / (2 e^2 + 1) = [0.4683, 0.4683, 0.0634]
+#   position 1: logits [4, 4, 4] -> softmax [1/3, 1/3, 1/3]
+#   class_share 0.4: m = [1, 0], [1, 0], [0, 0] -> GAP [0.5, 0.5, 0]
+#   class_share 0.3: m = [1, 1], [1, 1], [0, 1] -> GAP [1, 1, 0.5]
+SATURATED_LOGITS = maps_tensor([[[6.0, 4.0], [6.0, 4.0], [4.0, 4.0]]])
+
+
+def saturated_maps() -> ClassMaps:
+    visual = torch.sigmoid(SATURATED_LOGITS)
+    return ClassMaps(visual.clone(), visual, SATURATED_LOGITS.clone(), SATURATED_LOGITS)
+
+
+def test_class_share_mask_counts_the_positions_where_a_class_takes_that_share_of_the_softmax():
+    maps = saturated_maps()
+    assert seen_share(maps, "class_share", 0.4)[0].tolist() == pytest.approx([0.5, 0.5, 0.0])
+    assert seen_share(maps, "class_share", 0.3)[0].tolist() == pytest.approx([1.0, 1.0, 0.5])
+    # the same maps through Eq. 15's batch mean: eps = (2 s(6) + 4 s(4)) / 6, between s(4) and s(6)
+    assert seen_share(maps, "batch_mean", 0.0)[0].tolist() == pytest.approx([0.5, 0.5, 0.0])
+
+
+def test_class_share_mask_drops_an_unseen_class_from_the_audio_guided_distribution():
+    # p^a = [0.5, 0.2, 0.99]; class_share 0.4: GAP(m) p^a = [0.25, 0.1, 0] / 0.35 = [5/7, 2/7, 0]
+    result = distributions(saturated_maps(), OFFSCREEN_HEARD, offscreen_filter=True, temperature=0.5,
+                           seen_mask="class_share", class_share=0.4)
+    expected = softmax([(5 / 7) / 0.5, (2 / 7) / 0.5, 0.0])
+    assert result.audio_guided[0].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_class_share_mask_ignores_a_shift_of_every_logit_at_a_position():
+    # the softmax over classes does not move when a position's logits all rise: only which class wins counts
+    shifted = SATURATED_LOGITS + torch.tensor([3.0, -2.0]).view(1, 1, 1, 2)
+    maps = ClassMaps(torch.sigmoid(shifted), torch.sigmoid(shifted), shifted, shifted)
+    torch.testing.assert_close(seen_share(maps, "class_share", 0.4), seen_share(saturated_maps(), "class_share", 0.4))
+    # Eq. 15's batch mean does move: logits [9, 9, 7] and [2, 2, 2] put eps = 0.940 between s(2) and s(7), so class 2,
+    # which wins no position, now counts as seen at position 0, where every logit is high
+    assert seen_share(maps, "batch_mean", 0.0)[0].tolist() == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_unknown_seen_mask_is_an_error():
+    with pytest.raises(ValueError, match="seen_mask"):
+        seen_share(saturated_maps(), "area", 0.3)
