@@ -251,6 +251,7 @@ class Cmr:
     offscreen_filter: bool = knob()  # p^av weighs p^a by the seen area of each class (false: the ablation)
     seen_mask: Literal["batch_mean", "class_share"]  # how the seen area GAP(m_k) of Eq. 4 is measured
     class_share: float = knob(lo=0.0, hi=1.0)  # class_share mask: seen where the class's softmax share is above this
+    av_loss_weight: float = knob(lo=0.0)  # weight of Eq. 1 on the mosaics next to L_u (0: L_u alone)
     flip: bool = knob()  # random horizontal flips of the training mosaics
     device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
 

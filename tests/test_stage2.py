@@ -368,3 +368,19 @@ def test_load_trained_config_that_does_not_fit_the_weights(tmp_path, stage1_mode
     saved["config"].pop("clusters")
     torch.save(saved, path)
     assert "no config['clusters']" in load_error(path, tiny_model)
+
+
+@pytest.mark.slow
+def test_eq1_next_to_l_u_changes_what_stage2_learns(finished, tmp_path, repo_params_module, stage1_model, synth_dir,
+                                                    module_env):
+    # cmr.av_loss_weight > 0 adds Eq. 1 on the mosaics (DSOL's stage 2 keeps its location loss): the same run
+    # otherwise, so any difference in the weights is that term's gradient; the teacher side stays stage 1's
+    params = tiny_stage2_params(repo_params_module, av_loss_weight=0.5)
+    workdir = make_stage2_workdir(tmp_path, params, stage1_model, synth_dir)
+    run_stage(workdir, module_env)
+    with_eq1, alone = saved_model(workdir)["state_dict"], saved_model(finished)["state_dict"]
+    assert any(not torch.equal(with_eq1[name], alone[name]) for name in with_eq1 if name.startswith("visual."))
+    assert not torch.equal(with_eq1["head.scale"], alone["head.scale"])
+    teacher = [name for name in with_eq1 if name.startswith(("audio.", "aii."))]
+    assert all(torch.equal(with_eq1[name], alone[name]) for name in teacher)
+    assert report_of(workdir)["final_loss"] != report_of(finished)["final_loss"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,23 +38,31 @@ from pipeline.runtime import (Processes, autocast, epoch_steps, make_determinist
 from pipeline.shards import write_json
 from pipeline.stage import StageError
 from pipeline.train.checkpoints import file_hash, fingerprint, log_epoch, resume, save_checkpoint, start_log
+from pipeline.train.losses import av_loss
 from pipeline.train.referrer import ClassMaps, class_aware_maps, distributions, referrer_loss
+
+
+class Stage2Outputs(NamedTuple):
+    maps: ClassMaps
+    heard: torch.Tensor  # p^a (B, K)
+    visual: torch.Tensor  # f^v (B, D, h, w)
+    audio: torch.Tensor  # f^a (B, D) of the mixtures
 
 
 def stage2_forward(model: nn.Module, head: CorrespondenceHead, images: torch.Tensor, log_mels: torch.Tensor,
                    visual_prototypes: torch.Tensor, audio_prototypes: torch.Tensor, model_params: Model,
-                   silent_filter: bool) -> tuple[ClassMaps, torch.Tensor]:
-    """Class maps and p^a of a training batch: (ClassMaps, p^a (B, K)).
+                   silent_filter: bool) -> Stage2Outputs:
+    """Class maps, p^a, f^v and f^a of a training batch.
 
     `model` is the Stage1Model or its DDP wrapper (training goes through the wrapper's forward so that
     DDP averages the gradients); `head` the correspondence head, applied to its outputs.
     """
     all_rows = torch.arange(len(log_mels), device=log_mels.device)
-    visual, _, expanded = model(images, log_mels, all_rows)  # f^v, F^a (B, K, D)
+    visual, audio, expanded = model(images, log_mels, all_rows)  # f^v, f^a, F^a (B, K, D)
     maps = class_aware_maps(head, visual, expanded, visual_prototypes, silent_filter)
     heard = prototype_similarity(audio_prototypes, expanded, model_params.similarity_temperature,
                                  model_params.similarity_center)
-    return maps, heard
+    return Stage2Outputs(maps, heard, visual, audio.embedding)
 
 
 def run_stage2(synth_dir: str | Path, paths: Stage2Paths, model_params: Model, cmr_params: Cmr, seed: int) -> dict:
@@ -88,7 +97,7 @@ def _train_and_write(synth_dir: Path, paths: Stage2Paths, model_params: Model, c
         module.requires_grad_(False)
     learned = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = make_optimizer(learned, cmr_params.lr, cmr_params.weight_decay)
-    reader = ShardReader(train_dir, columns=("image", "logmel", "index"), batch_size=cmr_params.batch_size,
+    reader = ShardReader(train_dir, columns=("image", "logmel", "index", "sample_id"), batch_size=cmr_params.batch_size,
                          shuffle=True, seed=seed, drop_last=True, rank=processes.rank,
                          world_size=processes.world_size)
     loader = make_loader(reader)
@@ -154,10 +163,12 @@ def run_epoch(trainer: nn.Module, head: CorrespondenceHead, optimizer: torch.opt
         images = prepare_images(batch["image"], side, device, channels_last, flip)
         log_mels = prepare_logmel(batch["logmel"], device, channels_last)
         with autocast(device, model_params.cpu_precision):
-            maps, heard = stage2_forward(trainer, head, images, log_mels, visual_prototypes, audio_prototypes,
-                                         model_params, cmr_params.silent_filter)
-        loss = referrer_loss(distributions(maps, heard, cmr_params.offscreen_filter, cmr_params.temperature,
+            out = stage2_forward(trainer, head, images, log_mels, visual_prototypes, audio_prototypes,
+                                 model_params, cmr_params.silent_filter)
+        loss = referrer_loss(distributions(out.maps, out.heard, cmr_params.offscreen_filter, cmr_params.temperature,
                                            cmr_params.seen_mask, cmr_params.class_share))
+        if cmr_params.av_loss_weight:  # DSOL's stage 2 keeps its location loss: Eq. 1 on the mosaics and mixtures
+            loss = loss + cmr_params.av_loss_weight * av_loss(head, out.visual, out.audio, batch["sample_id"], "all")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
