@@ -7,11 +7,13 @@ types and out-of-range values with one line that names the key, e.g.
     params.yaml: clips.frame_size: must be >= 16, got 8
 
 Ranges live in the field metadata (`lo`, `hi`, `choices`) so that the check is
-declared next to the knob it guards.
+declared next to the knob it guards. Numbers must be finite (`.nan`, `.inf` are rejected), a key may
+appear once per mapping, and a few rules that tie two keys together are checked after the fields.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -292,8 +294,8 @@ class Evaluate:
 
 @dataclass(frozen=True)
 class Params:
-    seed: int
-    data_seed: int
+    seed: int = knob(lo=0, hi=2**32 - 1)  # numpy and torch seeds
+    data_seed: int = knob(lo=0, hi=2**32 - 1)
     datasets: dict[str, Dataset]
     download: Download
     clips: Clips
@@ -362,6 +364,8 @@ def _build(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -378,11 +382,26 @@ def _build(hint: Any, value: Any, where: str) -> Any:
     raise TypeError(f"{where}: unsupported type {hint}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate the whole params file; errors start with the file name."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as err:
@@ -398,7 +417,18 @@ def load_params(path: str | Path = "params.yaml") -> Params:
                           f"got {params.aii.min_mix}")
     _check_pair(params.pretrain.object_scale, f"{path}: pretrain.object_scale")
     _check_pair(params.aii.no_source_dbfs, f"{path}: aii.no_source_dbfs")
+    _check_order(params.aii.max_mix, "aii.max_mix", params.stage1.clusters, "stage1.clusters",
+                 "a mixture's clips are of distinct pseudo-classes", path)
+    _check_order(params.features.win_length, "features.win_length", params.features.n_fft, "features.n_fft",
+                 "the window is zero-padded to the FFT size", path)
+    _check_order(params.features.hop_length, "features.hop_length", params.features.win_length,
+                 "features.win_length", "a larger hop skips samples between windows", path)
     return params
+
+
+def _check_order(value: int, key: str, limit: int, limit_key: str, why: str, path: Path) -> None:
+    if value > limit:
+        raise ConfigError(f"{path}: {key}: must be <= {limit_key} ({limit}): {why}; got {value}")
 
 
 def _check_pair(pair: list, where: str) -> None:

@@ -67,6 +67,17 @@ def test_test_and_val_videos_may_leave_exactly_two_training_videos(tmp_path, rep
         (lambda p: p["evaluate"].update(lit_share=1.5), "evaluate.lit_share: must be <= 1.0, got 1.5"),
         (lambda p: p["evaluate"].update(grounded_success=-0.1), "evaluate.grounded_success: must be >= 0.0"),
         (lambda p: p["evaluate"].update(threshold_steps=1), "evaluate.threshold_steps: must be >= 2, got 1"),
+        # non-finite numbers, negative seeds and the rules that tie two keys (issue 24)
+        (lambda p: p["features"].update(top_db=float("nan")), "features.top_db: must be a finite number, got nan"),
+        (lambda p: p["cmr"].update(lr=float("inf")), "cmr.lr: must be a finite number, got inf"),
+        (lambda p: p["aii"].update(no_source_dbfs=[float("-inf"), -60.0]),
+         "aii.no_source_dbfs[0]: must be a finite number, got -inf"),
+        (lambda p: p.update(seed=-1), "seed: must be >= 0, got -1"),
+        (lambda p: p.update(data_seed=2**40), "data_seed: must be <= 4294967295"),
+        (lambda p: p["stage1"].update(clusters=3), "aii.max_mix: must be <= stage1.clusters (3)"),
+        (lambda p: p["features"].update(win_length=2048), "features.win_length: must be <= features.n_fft (1024)"),
+        (lambda p: p["features"].update(hop_length=100000),
+         "features.hop_length: must be <= features.win_length (160)"),
     ],
 )
 def test_errors_name_the_key(tmp_path, repo_params, edit, message):
@@ -77,6 +88,23 @@ def test_errors_name_the_key(tmp_path, repo_params, edit, message):
     assert message in str(err.value)
     assert str(err.value).startswith(str(tmp_path / "params.yaml"))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("section, line", [(None, "seed: 3"), ("cmr:", "  lr: 0.5")])
+def test_a_key_given_twice_is_an_error_naming_its_line(tmp_path, section, line):
+    # PyYAML keeps the last of two equal keys without a word; the loader names the second one
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    at = len(lines) if section is None else next(i for i, text in enumerate(lines) if text.startswith(section)) + 1
+    lines.insert(at, line)
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    key = line.split(":")[0].strip()
+    # the second of the two in the file is the one named: the inserted line, or the section's own line after it
+    second = at if section is None else next(i for i in range(at + 1, len(lines))
+                                             if lines[i].startswith(f"  {key}:"))
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: line {second + 1}: duplicate key {key!r}"
 
 
 def test_stage_prints_one_line_and_exits_2(tmp_path, repo_params, stage_env):
