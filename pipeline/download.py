@@ -73,6 +73,8 @@ GONE = re.compile(
 )
 YOUTUBE_WATCH = "https://www.youtube.com/watch?v={}"
 LOOPBACK = "http://127.0.0.1"  # where the toy world is served from (on a free port)
+SHA256 = re.compile(r"[0-9a-f]{64}")
+INDEX_DEADLINE_S = 300.0  # an index fetch stops after this long in all (MUSIC's json and VGGSound's csv take seconds)
 MIN_AUDIO_COVER = 0.9  # share of the container duration the decoded audio must cover
 
 
@@ -385,22 +387,29 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_index(url: str, sha256: str, cache_dir: Path, where: str) -> Path:
+def pinned_sha256(pin: str, where: str) -> str:
+    """A params sha256 pin as 64 lower-case hex digits ("" for none): upper case and a `sha256:` prefix are
+    accepted, anything else is a StageError naming `where`."""
+    digest = pin.strip().lower().removeprefix("sha256:")
+    if digest and not SHA256.fullmatch(digest):
+        raise StageError(f"{where}: the sha256 pin must be 64 hex digits (optionally after 'sha256:'), got {pin!r}")
+    return digest
+
+
+def fetch_index(url: str, sha256: str, cache_dir: Path, where: str, deadline_s: float = INDEX_DEADLINE_S) -> Path:
     """The index file named by `url`: a local path, or http(s) fetched once into `cache_dir`.
 
     A pinned `sha256` is checked (a cached copy that does not match is fetched
-    again); `where` names the params key in errors.
+    again); `where` names the params key in errors. A fetch that takes longer
+    than `deadline_s` in all (a server that drips bytes) stops with a StageError.
     """
+    sha256 = pinned_sha256(sha256, where)
     scheme = urllib.parse.urlparse(url).scheme
     if scheme in ("http", "https"):
         name = Path(urllib.parse.urlparse(url).path).name or "index"
         path = Path(cache_dir) / f"{hashlib.sha256(url.encode()).hexdigest()[:8]}-{name}"
         if not path.is_file() or (sha256 and _sha256(path) != sha256):
-            try:
-                with urllib.request.urlopen(url, timeout=60) as answer:
-                    body = answer.read()
-            except (urllib.error.URLError, OSError) as err:
-                raise StageError(f"{where}: cannot fetch {url} ({err})") from None
+            body = _fetch_within(url, deadline_s, where)
             with atomic_path(path) as tmp:
                 tmp.write_bytes(body)
     else:
@@ -413,6 +422,24 @@ def fetch_index(url: str, sha256: str, cache_dir: Path, where: str) -> Path:
             path.unlink()
         raise StageError(f"{where}: {url}: sha256 is {got}, pinned {sha256} (the list changed?)")
     return path
+
+
+def _fetch_within(url: str, deadline_s: float, where: str) -> bytes:
+    """The body at `url`, read in pieces so that the whole fetch, not each read, is bounded by `deadline_s`
+    (a server that drips a byte now and then would otherwise be read forever). A read waits at most the
+    socket timeout, min(60 s, deadline_s), so the fetch stops at most that long after the deadline.
+    A StageError naming `where` when the fetch fails or runs out of time."""
+    deadline, pieces = time.monotonic() + deadline_s, []
+    try:
+        with urllib.request.urlopen(url, timeout=min(60.0, deadline_s)) as answer:
+            while piece := answer.read1(1 << 16):
+                pieces.append(piece)
+                if time.monotonic() > deadline:
+                    raise StageError(f"{where}: {url}: not fetched within {deadline_s:g} s "
+                                     f"({sum(map(len, pieces))} bytes read); is the server stalling?")
+    except (urllib.error.URLError, OSError) as err:
+        raise StageError(f"{where}: cannot fetch {url} ({err})") from None
+    return b"".join(pieces)
 
 
 def _select(requests: list[VideoRequest], classes: list[str], cap: int, where: str) -> list[VideoRequest]:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -294,3 +297,80 @@ def test_toy_stage_end_to_end(repo_params, stage_env, tmp_path):
     assert rendered != toy.scene_truth(first, toy.video_scene(first, world, 5, "music"), world).to_pylist()
     assert sorted(p.name for p in raw.iterdir()) == ["manifest.parquet", "truth.parquet", "videos"]
     assert f"{len(manifest)} ok, 0 failed" in run.stdout
+
+
+# --------------------------------------------------------------------------- index files that try to break the readers
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path):
+    csv_file = tmp_path / "vggsound.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / "vggsound.csv").read_bytes())
+    assert read_vggsound_csv(csv_file) == read_vggsound_csv(FIXTURES / "vggsound.csv")
+    json_file = tmp_path / "solo.json"
+    json_file.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / "MUSIC_solo_videos.json").read_bytes())
+    assert read_music_index(json_file) == read_music_index(FIXTURES / "MUSIC_solo_videos.json")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("abc,30,dog,train\nabc,\u00b2,dog,train\n", r"vggsound.csv:2: expected youtube_id,start_seconds"),  # "²"
+    ("abc,30,dog,train\nabc,-5,dog,train\n", r"vggsound.csv:2: expected youtube_id,start_seconds"),
+    ("abc,30,dog,train\nabc,30,\"" + "x" * 140_000 + "\",train\n", r"vggsound.csv:2: not a VGGSound csv row"),
+])
+def test_bad_vggsound_rows_are_one_line_errors(tmp_path, text, message):
+    bad = tmp_path / "vggsound.csv"
+    bad.write_text(text, encoding="utf-8")
+    with pytest.raises(StageError, match=message) as err:
+        read_vggsound_csv(bad)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 600
+
+
+def test_json_nested_too_deep_is_a_one_line_error(tmp_path):
+    deep = tmp_path / "music.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(StageError, match="music.json: not a MUSIC json index \\(nested too deep"):
+        read_music_index(deep)
+
+
+def test_sha256_pin_in_upper_case_or_with_a_prefix(tmp_path):
+    index = FIXTURES / "MUSIC_solo_videos.json"
+    digest = hashlib.sha256(index.read_bytes()).hexdigest()
+    for pin in (digest.upper(), f"sha256:{digest}", f"  SHA256:{digest.upper()} "):
+        assert fetch_index(str(index), pin, tmp_path, "x") == index
+    with pytest.raises(StageError, match=r"x: the sha256 pin must be 64 hex digits .* got 'md5:abc'"):
+        fetch_index(str(index), "md5:abc", tmp_path, "x")
+
+
+@pytest.fixture
+def dripping_server():
+    """A server that promises 1 MB and sends one byte every 50 ms: each read is quick, the whole is not."""
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            try:
+                for _ in range(1 << 20):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, format, *args):  # noqa: A002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_index_server_that_drips_bytes_is_given_up_at_the_deadline(dripping_server, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(StageError, match=r"x: .*/vggsound.csv: not fetched within 1 s \(\d+ bytes read\)"):
+        fetch_index(f"{dripping_server}/vggsound.csv", "", tmp_path, "x", deadline_s=1.0)
+    assert time.monotonic() - started < 5
+    assert not list(tmp_path.iterdir())  # nothing half-written in the cache

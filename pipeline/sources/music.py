@@ -2,7 +2,8 @@
 
 Both lists have the shape `{"version": ..., "videos": {key: [youtube_id, ...]}}`.
 In the solo list a key is one instrument (`"acoustic_guitar"`); in the duet
-list it is two, separated by a space (`"acoustic_guitar violin"`).
+list it is two, separated by a space (`"acoustic_guitar violin"`). A UTF-8 byte-order mark is dropped;
+a file that is not such json (nested too deep for the parser included) is a one-line error.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def read_music_index(path: str | Path) -> list[MusicVideo]:
     """Every video of a MUSIC json list, in file order; an id listed twice is kept once."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except RecursionError:
+        raise StageError(f"{path}: not a MUSIC json index (nested too deep to parse)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StageError(f"{path}: not a readable MUSIC json index ({err})") from None
     videos = data.get("videos") if isinstance(data, dict) else None
