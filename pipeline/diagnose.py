@@ -17,7 +17,11 @@ For each: CIoU@0.3 and NSA as in metrics.json; the mean class map of a sounding 
 boxes, of a silent class on its own boxes, and of both off every box; and where NSA's quiet share is lost:
 the share of a silent class's own boxes, and of the pixels off every box for each class that is not
 sounding, above NSA's level. Also p^a = sim(P^a_k, F^a_k), the
-AII's "is class k heard", averaged over the clusters of sounding, silent, off-screen and absent classes.
+AII's "is class k heard", averaged over the clusters of sounding, silent, off-screen and absent classes, and
+the seen area GAP(m_k) that Eq. 4's off-screen filter weighs p^a with, under each `cmr.seen_mask`
+(batch_mean: over each batch of `evaluate.batch_size` mosaics; class_share at `cmr.class_share`), by the
+same roles: a mask that filters gives off-screen and absent classes far less than sounding and silent ones
+(docs/decisions.md, "Where a class is seen").
 Prints a Markdown table; writes nothing. Needs the outputs of `dvc repro evaluate@<dataset>`.
 """
 from __future__ import annotations
@@ -38,8 +42,11 @@ from pipeline.metrics import (NSA_THRESHOLD, boxes_mask, class_aware_iou, class_
 from pipeline.models.files import load_trained
 from pipeline.models.ier import localization_map, localization_map_pairs, prototype_similarity
 from pipeline.stage import StageError
+from pipeline.train.referrer import ClassMaps, seen_share
 
 TERMS = ("evaluated", "visual", "audio")
+ROLES = ("sounding", "silent", "offscreen", "absent")  # how a cluster's class takes part in a mosaic
+SEEN_MASKS = ("batch_mean", "class_share")  # the cmr.seen_mask choices
 COLUMNS = ("ciou30", "nsa", "sounding_on_box", "silent_on_box", "off_boxes", "loud_silent_box", "loud_off_boxes")
 
 
@@ -61,6 +68,7 @@ def diagnose(root: Path, dataset: str, params_path: Path) -> dict:
             continue
         values = {term: {column: [] for column in COLUMNS} for term in TERMS}
         heard_by_role = {"sounding": [], "silent": [], "offscreen": [], "absent": []}
+        seen_by_role = {mask: {role: [] for role in ROLES} for mask in SEEN_MASKS}
         columns = ("image", "logmel", "objects", "sounding", "silent", "offscreen")
         for batch in batches(folder, columns, evaluate.batch_size):
             images, log_mels = prepared(batch, torch.device("cpu"), ier.normalisation)
@@ -70,6 +78,9 @@ def diagnose(root: Path, dataset: str, params_path: Path) -> dict:
                 audio_logits = ier.model.head.logits(localization_map(visual, expanded)).numpy()
                 heard = prototype_similarity(ier.audio_prototypes, expanded, params.model.similarity_temperature,
                                              params.model.similarity_center).numpy()
+                logits = torch.from_numpy(visual_logits)
+                seen_maps = ClassMaps(torch.sigmoid(logits), torch.sigmoid(logits), logits, logits)
+                seen = {mask: seen_share(seen_maps, mask, params.cmr.class_share).numpy() for mask in SEEN_MASKS}
             for row in range(len(images)):
                 objects, sounding = batch["objects"][row], list(batch["sounding"][row])
                 silent, offscreen = list(batch["silent"][row]), list(batch["offscreen"][row])
@@ -78,6 +89,8 @@ def diagnose(root: Path, dataset: str, params_path: Path) -> dict:
                             else "offscreen" if owner in offscreen else "absent")
                     if owner:
                         heard_by_role[role].append(heard[row, cluster])
+                        for mask in SEEN_MASKS:
+                            seen_by_role[mask][role].append(seen[mask][row, cluster])
                 boxes = {label: sounding_boxes(objects, label) for label in sounding}
                 off_boxes = ~boxes_mask(objects, size, size)
                 evaluated = audio_logits[row] + visual_logits[row] if silent_filter else audio_logits[row]
@@ -105,7 +118,9 @@ def diagnose(root: Path, dataset: str, params_path: Path) -> dict:
                            for column, found in columns_values.items()}
             terms[term]["ciou30"] = success_rate(columns_values["ciou30"], evaluate.ciou_success)
         results[name] = {"terms": terms, "heard": {role: float(np.mean(found)) if found else None
-                                                   for role, found in heard_by_role.items()}}
+                                                   for role, found in heard_by_role.items()},
+                         "seen": {mask: {role: float(np.mean(found)) if found else None for role, found in by.items()}
+                                  for mask, by in seen_by_role.items()}}
     return results
 
 
@@ -123,6 +138,11 @@ def markdown(dataset: str, results: dict) -> str:
         heard = result["heard"]
         lines.append(f"| {name} | " + " | ".join(cell(heard[role]) for role in
                                               ("sounding", "silent", "offscreen", "absent")) + " |")
+    lines += ["", f"| {dataset} set | Eq. 4 seen area from | sounding | silent | off-screen | absent |",
+              "|" + " --- |" * 6]
+    for name, result in results.items():
+        for mask, seen in result["seen"].items():
+            lines.append(f"| {name} | {mask} | " + " | ".join(cell(seen[role]) for role in ROLES) + " |")
     return "\n".join(lines)
 
 

@@ -74,6 +74,7 @@ GONE = re.compile(
 YOUTUBE_WATCH = "https://www.youtube.com/watch?v={}"
 LOOPBACK = "http://127.0.0.1"  # where the toy world is served from (on a free port)
 SHA256 = re.compile(r"[0-9a-f]{64}")
+YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")  # the alphabet and length of every YouTube video id
 INDEX_DEADLINE_S = 300.0  # an index fetch stops after this long in all (MUSIC's json and VGGSound's csv take seconds)
 MIN_AUDIO_COVER = 0.9  # share of the container duration the decoded audio must cover
 
@@ -89,6 +90,7 @@ class VideoRequest:
     start_s: float = 0.0  # start of the wanted window in the source video
     section_s: float | None = None  # length of the window; None fetches the whole video
     manifest_url: str = ""  # the manifest's url when it is not `url` (toy: no per-run port)
+    skip: str = ""  # why the video is not fetched (a malformed index id): a failed manifest row, no file, no path
 
 
 class FetchError(Exception):
@@ -332,6 +334,9 @@ def download_videos(
     fetched_before = False  # no pause before the first fetch of a run
     todo = [request for request in requests if request.video_id not in rows]
     for request in progress(todo, desc=f"download {raw_dir.name}", unit="video", disable=not todo):
+        if request.skip:  # never joined into a path: the id may hold "/", ".." or a NUL
+            rows[request.video_id] = manifest_row(request, f"skipped: {request.skip}", 0)
+            continue
         attempts, failures, error = 0, 0, ""
         just_waited = False
         dest = raw_dir / "videos" / f"{request.video_id}.mp4"
@@ -476,15 +481,29 @@ def youtube_requests(source: YoutubeSource, section_s: float, index_dir: Path, w
                                 f"{where}.duet_index_url")
             seen = {video.youtube_id for video in videos}
             videos += [video for video in read_music_index(duets) if video.youtube_id not in seen]
-        requests = [VideoRequest(video.youtube_id, YOUTUBE_WATCH.format(video.youtube_id),
-                                 video.labels, video.kind) for video in videos]
+        requests = [VideoRequest(video.youtube_id, YOUTUBE_WATCH.format(video.youtube_id), video.labels,
+                                 video.kind, skip=id_problem(video.youtube_id)) for video in videos]
     else:
         if source.duet_index_url:
             raise StageError(f"{where}.duet_index_url: vggsound_csv has no duet list; set it to \"\"")
         clips = sorted(read_vggsound_csv(index), key=lambda clip: clip.split != "test")
-        requests = [VideoRequest(clip.video_id, YOUTUBE_WATCH.format(clip.youtube_id), [clip.label],
-                                 "solo", float(clip.start_s), float(section_s)) for clip in clips]
-    return _select(requests, source.classes, source.max_videos_per_class, where)
+        requests = [VideoRequest(clip.video_id, YOUTUBE_WATCH.format(clip.youtube_id), [clip.label], "solo",
+                                 float(clip.start_s), float(section_s), skip=id_problem(clip.youtube_id))
+                    for clip in clips]
+    # a malformed id is kept as a recorded skip (in the chosen classes), outside the per-class cap
+    chosen = _select([request for request in requests if not request.skip], source.classes,
+                     source.max_videos_per_class, where)
+    skipped = [request for request in requests
+               if request.skip and (not source.classes or set(request.labels) <= set(source.classes))]
+    return chosen + skipped
+
+
+def id_problem(youtube_id: str) -> str:
+    """Why `youtube_id` is not a YouTube video id ("" when it is one): 11 characters of A-Z a-z 0-9 _ -."""
+    if YOUTUBE_ID.fullmatch(youtube_id):
+        return ""
+    shown = repr(youtube_id if len(youtube_id) <= 40 else youtube_id[:40] + "...")
+    return f"not a YouTube id ({len(youtube_id)} characters, {shown}): 11 of A-Z a-z 0-9 _ - expected"
 
 
 # --------------------------------------------------------------------------- toy world over HTTP

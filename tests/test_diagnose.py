@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.diagnose import TERMS, diagnose
+from pipeline.diagnose import ROLES, SEEN_MASKS, TERMS, diagnose
 from pipeline.diagnose_listening import class_columns, swapped
 from pipeline.diagnose_stage1 import diagnose_stage1, linear_probe
 from pipeline.grounded import Outputs
@@ -32,6 +32,10 @@ def test_evaluated_term_reproduces_the_metrics_of_evaluate(tiny_pipeline):
             for term in result["terms"].values():
                 assert all(value is None or 0.0 <= value <= 1.0 for value in term.values()), term
             assert all(value is None or 0.0 <= value <= 1.0 for value in result["heard"].values())
+            # Eq. 4's seen area of every role under each mask, a share of the mosaic
+            assert set(result["seen"]) == set(SEEN_MASKS)
+            for seen in result["seen"].values():
+                assert set(seen) == set(ROLES) and all(value is None or 0.0 <= value <= 1.0 for value in seen.values())
 
 
 @pytest.mark.slow
@@ -40,7 +44,8 @@ def test_command_prints_one_row_per_set_and_term(tiny_pipeline):
                          env=stage_environment(), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [line for line in run.stdout.splitlines() if line.startswith(("| syn |", "| un |", "| duet |"))]
-    assert len(rows) == 3 * len(TERMS) + 3  # the terms of each set, then p^a of each set
+    # the terms of each set, then p^a of each set, then the seen area of each set under each mask
+    assert len(rows) == 3 * len(TERMS) + 3 + 3 * len(SEEN_MASKS)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import subprocess
 import sys
 import threading
@@ -234,12 +235,12 @@ def test_music_requests_filter_and_cap(tmp_path):
 def test_vggsound_requests_windows_and_test_split_first(tmp_path):
     params = load_params(REPO / "params.yaml")
     index = tmp_path / "vggsound.csv"
-    index.write_text('trainvid01,5,dog,train\n' + (FIXTURES / "vggsound.csv").read_text())
+    index.write_text('trainvid001,5,dog,train\n' + (FIXTURES / "vggsound.csv").read_text())
     source = replace(params.datasets["vggsound"].youtube, index_url=str(index), classes=["dog", "car passing by"],
                      index_sha256=hashlib.sha256(index.read_bytes()).hexdigest())
     requests = youtube_requests(source, 10, tmp_path, "datasets.vggsound.youtube")
     assert [r.video_id for r in requests] == ["cRlp5v9BHeE_000011", "asKuYgAcyIk_000030",
-                                              "QJDLZ53UsLk_000320", "trainvid01_000005"]
+                                              "QJDLZ53UsLk_000320", "trainvid001_000005"]
     assert requests[0].url == "https://www.youtube.com/watch?v=cRlp5v9BHeE"
     assert (requests[0].start_s, requests[0].section_s) == (11.0, 10.0)
     with pytest.raises(StageError, match="index_url: .*sha256 is"):
@@ -374,3 +375,39 @@ def test_an_index_server_that_drips_bytes_is_given_up_at_the_deadline(dripping_s
         fetch_index(f"{dripping_server}/vggsound.csv", "", tmp_path, "x", deadline_s=1.0)
     assert time.monotonic() - started < 5
     assert not list(tmp_path.iterdir())  # nothing half-written in the cache
+
+
+def test_malformed_ids_are_recorded_skips_outside_the_cap_and_never_fetched(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    index = tmp_path / "solo.json"
+    good = ["aaaaaaaaaaa", "bbbbbbbbbbb"]
+    bad = ["../../../../x", "nul\x00nul-id", "y" * 300, ""]
+    index.write_text(json.dumps({"videos": {"flute": [good[0], *bad, good[1]], "violin": ["../violin1"]}}))
+    source = youtube_source(params, index_url=str(index), duet_index_url="", classes=["flute"],
+                            max_videos_per_class=2)
+    requests = youtube_requests(source, 10, tmp_path, "datasets.music.youtube")
+    # both good flute ids despite the cap of 2 (skips do not count), then the flute skips; violin is not chosen
+    assert [r.video_id for r in requests] == good + bad
+    assert [bool(r.skip) for r in requests] == [False, False, True, True, True, True]
+    assert "not a YouTube id (300 characters" in requests[4].skip and len(requests[4].skip) < 200
+
+    fetched = []
+
+    def fetch(request, dest):
+        fetched.append(request.video_id)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(b"video")
+
+    raw_dir = tmp_path / "data" / "raw" / "music"
+    result = download_videos(requests, raw_dir, fetch, params.download, 0.0, resume=False)
+    assert fetched == good and result.ok == 2
+    rows = read_manifest(raw_dir)
+    for video_id in bad:
+        row = rows[video_id]
+        assert row["status"] == "failed" and row["attempts"] == 0 and row["path"] == ""
+        assert row["error"].startswith("skipped: not a YouTube id")
+    assert sorted(path.name for path in (raw_dir / "videos").iterdir()) == [f"{v}.mp4" for v in good]
+    assert not list(tmp_path.rglob("x.mp4"))
+    # a resumed run records them again and finishes
+    again = download_videos(requests, raw_dir, fetch, params.download, 0.0, resume=True)
+    assert fetched == good and again.ok == 2 and len(again.rows) == 6

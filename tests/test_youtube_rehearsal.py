@@ -54,6 +54,8 @@ pytestmark = pytest.mark.slow
 MUSIC_NAMES = {"accordion": "accordion", "guitar": "acoustic_guitar", "saxophone": "saxophone",
                "trumpet": "trumpet", "violin": "violin", "flute": "flute"}
 WEIGHTS = "weights/toy-music-detector.pt"  # the toy run's detector, outside DVC's outputs
+# index ids that must never become paths or stop the stage: one that climbs out of data/, a NUL, 300 characters
+BAD_IDS = ["../../../../../escaped", "bad\x00id-x", "x" * 300]
 BOXES = "reference/dsol-toy-boxes.json"  # the DSOL-format box file of the evaluation clips
 
 
@@ -138,9 +140,22 @@ def youtube_repo(tiny_pipeline, tmp_path_factory) -> Path:
             params["download"]["sleep_s"] = 0.0
 
         set_params(repo, to_youtube)
+        solo_index = served / "MUSIC_solo_videos.json"
+        listed = json.loads(solo_index.read_text())
+        listed["videos"]["violin"] += BAD_IDS
+        solo_index.write_text(json.dumps(listed, indent=4))
         patch.setattr(download, "YOUTUBE_WATCH", f"{base_url}/{{}}.mp4")
         result = download.run_download(load_params(repo / "params.yaml"), "music", raw_root=repo / "data/raw")
-    assert result.ok == len(result.rows) == sum(len(ids) for kind in index.values() for ids in kind.values())
+    # every good id fetched; each bad one a recorded skip, never fetched, never a path
+    assert result.ok == sum(len(ids) for kind in index.values() for ids in kind.values())
+    skipped = [row for row in result.rows if row["status"] != "ok"]
+    assert [row["video_id"] for row in skipped] == BAD_IDS
+    assert all(row["error"].startswith("skipped: not a YouTube id") and row["attempts"] == 0 and row["path"] == ""
+               for row in skipped)
+    assert not [path for path in root.parent.rglob("*escaped*")]
+    good = [video_id for kind in index.values() for ids in kind.values() for video_id in ids]
+    assert sorted(path.name for path in (repo / "data/raw/music/videos").iterdir()) == sorted(f"{video_id}.mp4"
+                                                                                             for video_id in good)
     run(DVC + ["commit", "-f", "download@music"], repo, env)
     run(DVC + ["repro", "features@music"], repo, env)
     # as DSOL's boxed videos in a real run (module docstring), the box file covers val and test, solo and duet

@@ -41,7 +41,7 @@ def read_music_index(path: str | Path) -> list[MusicVideo]:
             raise StageError(f"{path}: videos.{key}: expected 1 or 2 classes mapping to a list of ids")
         kind = "solo" if len(labels) == 1 else "duet"
         for youtube_id in ids:
-            if not isinstance(youtube_id, str) or not youtube_id:
+            if not isinstance(youtube_id, str):  # a malformed string is the download's recorded skip
                 raise StageError(f"{path}: videos.{key}: not a YouTube id: {youtube_id!r}")
             if youtube_id not in seen:
                 seen.add(youtube_id)
