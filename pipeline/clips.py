@@ -64,7 +64,8 @@ def cut_video(path: str | Path, video_id: str, labels: list[str], kind: str, par
     """The clips of one video as a table (docs/data.md), or (None, reason) when it gives none.
 
     Clips are full and non-overlapping; when audio and video differ in length
-    the shorter one decides how many clips there are.
+    the shorter one decides how many clips there are. A video whose audio is digital
+    silence throughout (a muted upload) gives none.
     """
     try:
         info = probe(path)
@@ -89,6 +90,8 @@ def cut_video(path: str | Path, video_id: str, labels: list[str], kind: str, par
     if n_clips == 0:
         return None, (f"shorter than one clip of {params.clip_seconds:g} s: {len(audio) / params.sample_rate:.2f} s "
                       f"of audio, {len(frames)} frames at {float(rate):g} fps")
+    if not np.any(audio[:n_clips * samples_per_clip]):  # its clips would be labelled sounding, yet hold no sound
+        return None, "audio is digital silence throughout (a muted upload?)"
 
     n_frames = n_clips * params.frames_per_clip
     frame_times = np.array([float(index / rate) for index in range(n_frames)])

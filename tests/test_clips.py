@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +15,7 @@ import yaml
 from pipeline.arrays import clip_schema
 from pipeline.clips import cut_video, objects_per_frame, run_clips
 from pipeline.config import load_params
-from pipeline.media import decode_jpeg
+from pipeline.media import decode_jpeg, ffmpeg_exe
 from pipeline.stage import StageError
 from tests.helpers import REPO
 from tests.helpers.params import replace
@@ -220,3 +221,18 @@ def test_stage_script_end_to_end(raw_dir, tmp_path, repo_params, stage_env):
     assert failed.stderr.strip().splitlines()[-1].startswith(
         "clips@music: error: data/raw/music: only 2 of 7 videos gave clips")
     assert pq.read_table(tmp_path / "data" / "clips" / "music" / "videos.parquet").num_rows == 7  # kept as it was
+
+
+def test_a_muted_upload_gives_no_clips_and_says_why(tmp_path):
+    # a real mp4 whose audio track is digital silence (ffmpeg's anullsrc, through the aac encoder): its clips
+    # would be labelled sounding and hold nothing; the same video with a sine gives its clips
+    muted = tmp_path / "muted.mp4"
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "color=c=gray:s=32x32:r=10:d=2.4", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "2.4",
+                    "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", str(muted)], check=True)
+    table, reason = cut_video(muted, "muted", ["drum"], "solo", clip_params(), pd.DataFrame())
+    assert table is None and reason == "audio is digital silence throughout (a muted upload?)"
+    sounding = make_video(tmp_path / "sounding.mp4", 2.4, 2.4)
+    table, reason = cut_video(sounding, "sounding", ["drum"], "solo", clip_params(), pd.DataFrame())
+    assert reason == "" and table.num_rows == 2
